@@ -1,0 +1,48 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Every target sets up what it needs: Debian packages (when root), the
+# virtualenv in .venv, and the project installed into it.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+# Tests and the demo find git-annex (PyPI) and git-annex-remote-cluster here.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean
+
+help:
+	@echo "make demo       set up and run a cluster demo on three local directories"
+	@echo "make test       set up and run lint plus the test suite (fast matrix)"
+	@echo "make test-full  also the slow suites (full git annex testremote)"
+	@echo "make lint       ruff and mypy"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	@touch $@
+
+sysdeps:
+	@scripts/sysdeps.sh git
+
+sysdeps-test:
+	@scripts/sysdeps.sh git gnupg openssh-server git-annex
+
+demo: sysdeps venv
+	@scripts/demo.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: sysdeps-test venv lint
+	$(PY) -m pytest -m "not slow"
+
+test-full: sysdeps-test venv lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

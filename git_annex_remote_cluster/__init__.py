@@ -1,0 +1,8 @@
+"""The cluster special remote (``externaltype=cluster``) and the operators' command line."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("git-annex-remote-cluster")
+except PackageNotFoundError:  # running from a checkout
+    __version__ = "0.0.0+checkout"

@@ -1,0 +1,156 @@
+"""``externaltype=cluster``: the external special remote that fans out to the cluster's nodes.
+
+This class only translates between git-annex's requests and ``shared.cluster``;
+placement, transfers and the data-safety rules live below it.
+"""
+
+from __future__ import annotations
+
+from annexremote import RemoteError
+
+from shared.annexproto import AnnexMaster, Remote
+from shared.cluster import (
+    Cluster,
+    PresenceUnknown,
+    RemoveFailed,
+    RetrieveFailed,
+    StoreFailed,
+)
+from shared.errors import ClusterError, InvalidKey
+from shared.keys import Key
+from shared.nodes import open_node
+from shared.nodeurl import parse_node_list
+
+CONFIGS = {
+    "nodes": "the cluster's nodes, whitespace-separated NAME=URL entries "
+    "(file:///abs/path[?cost=N&weight=W&zone=Z&maxsize=SIZE&state=active|readonly|drain])",
+    "copies": "how many nodes hold each key (default: all nodes)",
+    "mincopies": "how many nodes must store a key for a store to succeed (default: copies)",
+}
+
+
+def _positive_int(name: str, text: str) -> int | None:
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ClusterError(f"{name}={text!r} is not a whole number") from None
+    if value < 1:
+        raise ClusterError(f"{name}={value} must be at least 1")
+    return value
+
+
+class ClusterRemote(Remote):
+    ordered = True  # retrieve writes the file sequentially, so git-annex proxies can stream it
+
+    def __init__(self, annex: AnnexMaster) -> None:
+        super().__init__(annex)
+        self.configs = dict(CONFIGS)
+        self._cluster: Cluster | None = None
+
+    # -- configuration ------------------------------------------------------
+
+    def _load(self) -> Cluster:
+        """Build the cluster from the remote's configuration, with one-line errors."""
+        nodes_text = self.annex.getconfig("nodes")
+        try:
+            specs = parse_node_list(nodes_text)
+            nodes = [open_node(s) for s in specs]
+            return Cluster(
+                nodes,
+                copies=_positive_int("copies", self.annex.getconfig("copies")),
+                mincopies=_positive_int("mincopies", self.annex.getconfig("mincopies")),
+            )
+        except ClusterError as e:
+            raise RemoteError(str(e)) from e
+
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            self._cluster = self._load()
+        return self._cluster
+
+    def initremote(self) -> None:
+        cluster = self._load()
+        problems = []
+        for node in cluster.nodes:
+            try:
+                node.check()
+            except ClusterError as e:
+                problems.append(str(e))
+        cluster.close()
+        if problems:
+            raise RemoteError("; ".join(problems))
+
+    def prepare(self) -> None:
+        cluster = self.cluster
+        self.info = {
+            "copies": str(cluster.copies),
+            "mincopies": str(cluster.mincopies),
+            **{
+                f"node {n.name}": f"{n.spec.url} (state {n.spec.state.value}, cost {n.cost}, "
+                f"weight {n.spec.weight:g}" + (f", zone {n.spec.zone}" if n.spec.zone else "") + ")"
+                for n in cluster.nodes
+            },
+        }
+
+    @staticmethod
+    def _key(key: str) -> Key:
+        try:
+            return Key.parse(key)
+        except InvalidKey as e:
+            raise RemoteError(str(e)) from e
+
+    # -- transfers ----------------------------------------------------------
+
+    def transfer_store(self, key: str, local_file: str) -> None:
+        k = self._key(key)
+        with self.annex.progress_meter() as meter:
+            try:
+                outcome = self.cluster.store(k, local_file, meter)
+            except StoreFailed as e:
+                raise RemoteError(str(e)) from e
+            except (ClusterError, OSError) as e:
+                raise RemoteError(f"storing {k}: {e}") from e
+        if outcome.failed:
+            self.annex.say(
+                f"{k} stored on {outcome.copies} of {self.cluster.copies} node(s) "
+                f"({', '.join(outcome.stored + outcome.already)}); {outcome.describe_failures()}"
+            )
+
+    def transfer_retrieve(self, key: str, local_file: str) -> None:
+        k = self._key(key)
+        with self.annex.progress_meter() as meter:
+            try:
+                self.cluster.retrieve(k, local_file, meter)
+            except RetrieveFailed as e:
+                raise RemoteError(str(e)) from e
+            except OSError as e:
+                raise RemoteError(f"writing {local_file}: {e.strerror}") from e
+
+    def checkpresent(self, key: str) -> bool:
+        k = self._key(key)
+        try:
+            return self.cluster.present(k)
+        except PresenceUnknown as e:
+            raise RemoteError(str(e)) from e
+
+    def remove(self, key: str) -> None:
+        k = self._key(key)
+        try:
+            self.cluster.remove(k)
+        except RemoveFailed as e:
+            raise RemoteError(str(e)) from e
+
+    # -- cheap questions ----------------------------------------------------
+
+    def getcost(self) -> int:
+        return min(n.cost for n in self.cluster.nodes)
+
+    def getavailability(self) -> str:
+        return "local" if all(n.is_local for n in self.cluster.nodes) else "global"
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()

@@ -1,0 +1,1 @@
+"""The proxy remote and its gateway server (not yet implemented)."""

@@ -1,0 +1,1 @@
+"""Library shared by the cluster remote and the proxy: keys, protocols, nodes, placement."""

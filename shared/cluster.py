@@ -1,0 +1,287 @@
+"""A cluster of nodes seen as one store: fan-out store, failover retrieve, safe presence, remove-all.
+
+The data-safety rules of the design live here: a key is present only when a
+node confirms it; an unanswered node makes presence unknown, never absent;
+remove goes to every node and fails naming the nodes that may still hold the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from shared.errors import ClusterError, ConfigError, NodeError, NotFound
+from shared.fanout import QueueReader, fan_out
+from shared.keys import Key
+from shared.nodes.base import Node
+from shared.placement import rendezvous_order
+
+Progress = Callable[[int], None]
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a user: our errors already name the node, others get their type."""
+    if isinstance(exc, NodeError):
+        text = super(NodeError, exc).__str__()
+    elif isinstance(exc, ClusterError):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+@dataclass
+class StoreOutcome:
+    """What a store did, node by node; the remote judges it against mincopies."""
+
+    stored: list[str] = field(default_factory=list)  # newly written
+    already: list[str] = field(default_factory=list)  # held the key before
+    failed: dict[str, str] = field(default_factory=dict)  # node -> reason
+
+    @property
+    def copies(self) -> int:
+        return len(self.stored) + len(self.already)
+
+    def describe_failures(self) -> str:
+        return "; ".join(f"node {n}: {r}" for n, r in self.failed.items())
+
+
+class StoreFailed(ClusterError):
+    def __init__(self, outcome: StoreOutcome, needed: int) -> None:
+        self.outcome = outcome
+        where = ", ".join(outcome.stored + outcome.already) or "no node"
+        msg = f"stored on {outcome.copies} node(s) ({where}), {needed} required"
+        if outcome.failed:
+            msg += f"; {outcome.describe_failures()}"
+        super().__init__(msg)
+
+
+class RetrieveFailed(ClusterError):
+    pass
+
+
+class PresenceUnknown(ClusterError):
+    pass
+
+
+class RemoveFailed(ClusterError):
+    def __init__(self, key: Key, failed: dict[str, str]) -> None:
+        self.failed = failed
+        names = ", ".join(sorted(failed))
+        reasons = "; ".join(f"node {n}: {r}" for n, r in sorted(failed.items()))
+        super().__init__(f"could not remove {key}; it may still be on node(s) {names} ({reasons})")
+
+
+class Cluster:
+    """Nodes plus the replication policy (copies, mincopies)."""
+
+    def __init__(self, nodes: Sequence[Node], copies: int | None = None, mincopies: int | None = None):
+        if not nodes:
+            raise ConfigError("a cluster needs at least one node")
+        self.nodes = list(nodes)
+        self.copies = copies if copies is not None else len(self.nodes)
+        self.mincopies = mincopies if mincopies is not None else self.copies
+        if not 1 <= self.copies <= len(self.nodes):
+            raise ConfigError(
+                f"copies={self.copies} is impossible with {len(self.nodes)} node(s): "
+                f"use 1 to {len(self.nodes)}"
+            )
+        if not 1 <= self.mincopies <= self.copies:
+            raise ConfigError(f"mincopies={self.mincopies} must be between 1 and copies={self.copies}")
+        self._pool = ThreadPoolExecutor(max_workers=max(4, len(self.nodes)), thread_name_prefix="node")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for n in self.nodes:
+            n.close()
+
+    def order(self, key: Key) -> list[Node]:
+        """The key's rendezvous order over all nodes."""
+        return rendezvous_order(str(key), self.nodes, [n.spec.weight for n in self.nodes])
+
+    # -- store --------------------------------------------------------------
+
+    def store(self, key: Key, path: str, progress: Progress | None = None) -> StoreOutcome:
+        """Put the file on ``copies`` nodes in rendezvous order, spilling over past failed ones.
+
+        The file is read once per wave and streamed to the wave's nodes in parallel.
+        Raises StoreFailed (carrying the outcome) when fewer than mincopies hold it.
+        """
+        size = os.path.getsize(path)
+        outcome = StoreOutcome()
+        candidates = [
+            n for n in self.order(key) if n.spec.state.takes_new_data and n.spec.weight > 0
+        ]
+        skipped = [n.name for n in self.nodes if n not in candidates]
+        while outcome.copies < self.copies and candidates:
+            wave, candidates = (
+                candidates[: self.copies - outcome.copies],
+                candidates[self.copies - outcome.copies :],
+            )
+            todo = self._store_precheck(key, wave, outcome)
+            if todo:
+                self._store_wave(key, path, size, todo, outcome, progress)
+        if outcome.copies < self.mincopies:
+            if not outcome.failed and skipped:
+                outcome.failed.update({n: "not taking new data (readonly, drain or weight 0)" for n in skipped})
+            raise StoreFailed(outcome, self.mincopies)
+        return outcome
+
+    def _store_precheck(self, key: Key, wave: list[Node], outcome: StoreOutcome) -> list[Node]:
+        """Skip nodes that already hold the key, and nodes that are plainly unusable."""
+        futures = {n: self._pool.submit(n.present, key) for n in wave}
+        todo = []
+        for node, fut in futures.items():
+            try:
+                if fut.result() is not None:
+                    outcome.already.append(node.name)
+                else:
+                    todo.append(node)
+            except Exception as e:
+                outcome.failed[node.name] = _reason(e)
+        return todo
+
+    def _store_wave(
+        self,
+        key: Key,
+        path: str,
+        size: int,
+        nodes: list[Node],
+        outcome: StoreOutcome,
+        progress: Progress | None,
+    ) -> None:
+        def consumer(node: Node) -> Callable[[QueueReader], None]:
+            return lambda reader: node.store(key, reader, size)
+
+        sent = 0
+
+        def counted(n: int) -> None:
+            nonlocal sent
+            sent += n
+            if progress is not None:
+                progress(n)
+
+        with open(path, "rb") as src:
+            results = fan_out(src, {n.name: consumer(n) for n in nodes}, counted)
+        if progress is not None and sent:
+            progress(-sent)  # the next wave (if any) starts over from byte 0
+        for node in nodes:
+            err = results.get(node.name)
+            if err is None:
+                outcome.stored.append(node.name)
+            else:
+                outcome.failed[node.name] = _reason(err)
+
+    # -- retrieve -----------------------------------------------------------
+
+    def retrieve_order(self, key: Key) -> list[Node]:
+        """Cheapest first; among equal costs, the key's rendezvous order (likeliest holders)."""
+        ranked = self.order(key)
+        return sorted(ranked, key=lambda n: (n.cost, ranked.index(n)))
+
+    def retrieve(self, key: Key, path: str, progress: Progress | None = None) -> str:
+        """Fill ``path`` with the key's content, resuming what is there; return the node used.
+
+        Writes are strictly sequential (git-annex is told ORDERED). After a node
+        fails mid-way, the next node continues from what has been written.
+        """
+        errors: dict[str, str] = {}
+        absent: list[str] = []
+        sink = _ProgressSink(path, progress)
+        with sink:
+            for node in self.retrieve_order(key):
+                offset = sink.position()
+                try:
+                    if offset:
+                        size = node.present(key)
+                        if size is None:
+                            absent.append(node.name)
+                            continue
+                        if offset > size:
+                            offset = sink.restart()
+                    node.retrieve(key, sink, offset)
+                    return node.name
+                except NotFound:
+                    absent.append(node.name)
+                except Exception as e:
+                    errors[node.name] = _reason(e)
+        if errors:
+            detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
+            raise RetrieveFailed(f"could not get {key} from any node ({detail})")
+        raise RetrieveFailed(f"{key} is on none of the nodes ({', '.join(absent)})")
+
+    # -- presence -----------------------------------------------------------
+
+    def present(self, key: Key) -> bool:
+        """True when a node confirms; False only when every node answered no.
+
+        Raises PresenceUnknown when nobody confirmed and some node could not be asked.
+        """
+        futures: dict[Future[int | None], Node] = {
+            self._pool.submit(n.present, key): n for n in self.order(key)
+        }
+        errors: dict[str, str] = {}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    if fut.result() is not None:
+                        return True
+                except Exception as e:
+                    errors[futures[fut].name] = _reason(e)
+        if errors:
+            detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
+            raise PresenceUnknown(f"not on the reachable nodes, and could not check {detail}")
+        return False
+
+    # -- remove -------------------------------------------------------------
+
+    def remove(self, key: Key) -> None:
+        """Remove from every node, not only those expected to hold the key."""
+        futures = {n: self._pool.submit(n.remove, key) for n in self.nodes}
+        failed: dict[str, str] = {}
+        for node, fut in futures.items():
+            try:
+                fut.result()
+            except Exception as e:
+                failed[node.name] = _reason(e)
+        if failed:
+            raise RemoveFailed(key, failed)
+
+
+class _ProgressSink:
+    """The destination file, appended to sequentially, reporting progress as deltas."""
+
+    def __init__(self, path: str, progress: Progress | None) -> None:
+        self._f: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed by __exit__
+        self._progress = progress
+        self._report(self._f.tell())
+
+    def _report(self, delta: int) -> None:
+        if self._progress is not None and delta:
+            self._progress(delta)
+
+    def position(self) -> int:
+        return self._f.tell()
+
+    def restart(self) -> int:
+        """Drop what is there (it is longer than the object, so it is not a prefix of it)."""
+        self._report(-self._f.tell())
+        self._f.seek(0)
+        self._f.truncate(0)
+        return 0
+
+    def write(self, data: bytes) -> int:
+        n = self._f.write(data)
+        self._report(n)
+        return n
+
+    def __enter__(self) -> _ProgressSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()

@@ -1,0 +1,56 @@
+"""One flat family of errors, translated at each backend's edge.
+
+Callers decide on retries and on what to tell git-annex from the type alone;
+``is_transient`` is the single place that says "this may work if tried again".
+"""
+
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(ClusterError):
+    """The remote's configuration (node list, copies, URL) is invalid."""
+
+
+class InvalidKey(ClusterError):
+    """A key that git-annex (or a peer) sent is malformed or unsafe to use as a name."""
+
+
+class NodeError(ClusterError):
+    """A node could not do what was asked. ``node`` names it for messages."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return f"node {self.node}: {msg}" if self.node else msg
+
+
+class NotFound(NodeError):
+    """The key (or path) is not on the node."""
+
+
+class Unavailable(NodeError):
+    """The node cannot be reached or did not answer: presence is unknown."""
+
+
+class PermissionDenied(NodeError):
+    """The node refused the operation."""
+
+
+class NoSpace(NodeError):
+    """The node is out of space or over its maxsize."""
+
+
+class IntegrityError(NodeError):
+    """Content did not match what was expected (size or hash)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether trying again later might succeed."""
+    return isinstance(exc, Unavailable)

@@ -1,0 +1,21 @@
+"""Storage backends behind one ``Node`` interface, and the factory that picks one per URL."""
+
+from __future__ import annotations
+
+from shared.errors import ConfigError
+from shared.nodes.base import Node, Usage
+from shared.nodeurl import NodeSpec
+
+__all__ = ["Node", "Usage", "open_node"]
+
+
+def open_node(spec: NodeSpec) -> Node:
+    """Build the node for a spec; backends are imported lazily to keep start-up cheap."""
+    if spec.scheme == "file":
+        from shared.nodes.file import FileNode
+
+        return FileNode(spec)
+    raise ConfigError(
+        f"node {spec.name}: {spec.scheme}:// nodes are not supported by this version yet; "
+        "use file:// nodes"
+    )

@@ -1,0 +1,92 @@
+"""The one interface every storage backend implements.
+
+Contracts (the cluster and the conformance tests rely on them):
+
+- ``present(key)`` returns the stored size, or ``None`` when the node *confirms*
+  the key is absent. Anything short of a confirmation raises ``Unavailable``:
+  an unreachable node never looks like an empty one.
+- ``store(key, source, size)`` is atomic and idempotent: partial data is never
+  visible under the key's name, and storing a present key succeeds. It reads
+  ``source`` to EOF and refuses to commit if the byte count differs from ``size``.
+- ``retrieve(key, sink, offset)`` writes the object's bytes from ``offset`` to
+  the end, sequentially, to ``sink``; ``NotFound`` when absent.
+- ``remove(key)`` succeeds when the key is absent afterwards, including when it
+  never was there.
+- Errors are the flat types of ``shared.errors``, translated at the backend's edge.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.keys import Key
+from shared.nodeurl import NodeSpec
+
+# Default costs follow git-annex's scale: cheap local 100, semi-cheap 110, expensive 200.
+CHEAP_COST = 100
+EXPENSIVE_COST = 200
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Free and total bytes where the node can tell; used by placement and status."""
+
+    free: int
+    total: int
+
+
+class Node(ABC):
+    """A place that holds git-annex objects by key."""
+
+    default_cost = EXPENSIVE_COST
+
+    def __init__(self, spec: NodeSpec) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def cost(self) -> int:
+        return self.spec.cost if self.spec.cost is not None else self.default_cost
+
+    @property
+    def is_local(self) -> bool:
+        """True when the node is only reachable from this machine (git-annex AVAILABILITY LOCAL)."""
+        return False
+
+    def check(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Raise ``Unavailable`` cheaply if the node obviously cannot be used right now."""
+
+    @abstractmethod
+    def present(self, key: Key) -> int | None: ...
+
+    @abstractmethod
+    def store(self, key: Key, source: Readable, size: int) -> None: ...
+
+    @abstractmethod
+    def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None: ...
+
+    @abstractmethod
+    def remove(self, key: Key) -> None: ...
+
+    def usage(self) -> Usage | None:
+        """Free space, or None when the backend cannot tell."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Called once when the remote process ends."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.spec.url}>"

@@ -1,0 +1,208 @@
+"""``file:///abs/path`` nodes: a local directory in git-annex's directory special remote layout.
+
+Objects live at ``<root>/<hashdirlower>/<keyfile>/<keyfile>`` (lookups also try
+the mixed-case hash directories of old directory remotes), so a node directory
+can be used as a native ``type=directory`` remote. A store writes into a private
+directory under ``<root>/tmp/`` and renames that directory into place, the same
+atomic step the directory remote takes; the object is then made read-only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from shared.errors import (
+    ConfigError,
+    IntegrityError,
+    NodeError,
+    NoSpace,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from shared.keys import Key
+from shared.nodes.base import CHEAP_COST, Node, Readable, Usage, Writable
+from shared.nodeurl import NodeSpec
+
+BLOCK = 1024 * 1024
+
+
+def _translate(exc: OSError, node: str, what: str) -> NodeError:
+    """Map an OSError onto our flat error types, with a message that says where."""
+    detail = f"{what}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(detail, node)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(detail, node)
+    if exc.errno == errno.ENOENT:
+        return NotFound(detail, node)
+    return Unavailable(detail, node)
+
+
+class FileNode(Node):
+    default_cost = CHEAP_COST
+
+    def __init__(self, spec: NodeSpec) -> None:
+        super().__init__(spec)
+        parts = urlsplit(spec.url)
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"node {spec.name}: file:// URLs are local paths; write file:///abs/path, "
+                f"not {spec.url!r}"
+            )
+        path = unquote(parts.path)
+        if not path.startswith("/"):
+            raise ConfigError(f"node {spec.name}: file:// needs an absolute path, got {path!r}")
+        if spec.params:
+            raise ConfigError(
+                f"node {spec.name}: unknown parameter(s) for file:// nodes: "
+                + ", ".join(sorted(spec.params))
+            )
+        self.root = Path(path)
+
+    @property
+    def is_local(self) -> bool:
+        return True
+
+    # -- paths --------------------------------------------------------------
+
+    def _candidates(self, key: Key) -> list[Path]:
+        name = key.file_name
+        return [
+            self.root / key.hashdirlower / name / name,
+            self.root / key.hashdirmixed / name / name,
+        ]
+
+    def check(self) -> None:
+        try:
+            st = os.stat(self.root)
+        except OSError as e:
+            raise Unavailable(
+                f"directory {self.root} is not accessible ({e.strerror}); is the disk mounted?",
+                self.name,
+            ) from e
+        if not stat.S_ISDIR(st.st_mode):
+            raise Unavailable(f"{self.root} is not a directory", self.name)
+
+    def _find(self, key: Key) -> tuple[Path, int] | None:
+        """Path and size of the stored object, None if confirmed absent."""
+        self.check()
+        for p in self._candidates(key):
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise Unavailable(f"cannot check {p}: {e.strerror}", self.name) from e
+            if stat.S_ISREG(st.st_mode):
+                return p, st.st_size
+        # The root may have vanished while we looked: absence is only proven if it is still there.
+        self.check()
+        return None
+
+    # -- Node interface -----------------------------------------------------
+
+    def present(self, key: Key) -> int | None:
+        found = self._find(key)
+        return None if found is None else found[1]
+
+    def store(self, key: Key, source: Readable, size: int) -> None:
+        if self._find(key) is not None:
+            return
+        usage = self.usage()
+        if usage is not None and usage.free < size:
+            raise NoSpace(f"{size} bytes needed, {usage.free} free in {self.root}", self.name)
+        name = key.file_name
+        tmpdir = self.root / "tmp" / f"cluster-{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            tmpdir.mkdir(parents=True)
+            written = 0
+            with open(tmpdir / name, "xb") as out:
+                while True:
+                    block = source.read(BLOCK)
+                    if not block:
+                        break
+                    out.write(block)
+                    written += len(block)
+                if written != size:
+                    raise IntegrityError(
+                        f"received {written} bytes for {key}, expected {size}", self.name
+                    )
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmpdir / name, 0o444)
+            final = self.root / key.hashdirlower / name
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmpdir, final)
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # Another writer got there first; its object is complete (it was renamed in whole).
+                if self._find(key) is None:
+                    raise
+            else:
+                _fsync_dir(final.parent)
+        except OSError as e:
+            raise _translate(e, self.name, f"storing {key} in {self.root}") from e
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
+        found = self._find(key)
+        if found is None:
+            raise NotFound(f"{key} is not in {self.root}", self.name)
+        path, _ = found
+        try:
+            with open(path, "rb") as src:
+                src.seek(offset)
+                while block := src.read(BLOCK):
+                    sink.write(block)
+        except OSError as e:
+            raise _translate(e, self.name, f"reading {path}") from e
+
+    def remove(self, key: Key) -> None:
+        self.check()
+        for p in self._candidates(key):
+            keydir = p.parent
+            if not keydir.exists():
+                continue
+            try:
+                os.chmod(keydir, 0o755)
+                if p.exists():
+                    os.chmod(p, 0o644)
+                    p.unlink()
+                keydir.rmdir()
+            except FileNotFoundError:
+                pass  # removed concurrently: absent is what we want
+            except OSError as e:
+                raise _translate(e, self.name, f"removing {p}") from e
+        if self._find(key) is not None:
+            raise PermissionDenied(f"{key} is still present after removal", self.name)
+
+    def usage(self) -> Usage | None:
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return Usage(free=st.f_bavail * st.f_frsize, total=st.f_blocks * st.f_frsize)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable; best effort on filesystems that refuse directory fsync."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         if sys.stdin.isatty():
             print(
                 "git-annex-remote-cluster is run by git-annex. Set it up with:\n"
-                "  git annex initremote NAME type=external externaltype=cluster encryption=none \\\n"
+                "  git annex initremote NAME type=external externaltype=cluster \\\n"
+                "      encryption=none \\\n"
                 '      nodes="a=file:///srv/a b=file:///srv/b c=file:///srv/c" copies=2\n'
                 "See --help for more.",
                 file=sys.stderr,

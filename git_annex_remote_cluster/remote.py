@@ -6,6 +6,8 @@ placement, transfers and the data-safety rules live below it.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from annexremote import RemoteError
 
 from shared.annexproto import AnnexMaster, Remote
@@ -148,7 +150,7 @@ class ClusterRemote(Remote):
     def getcost(self) -> int:
         return min(n.cost for n in self.cluster.nodes)
 
-    def getavailability(self) -> str:
+    def getavailability(self) -> Literal["global", "local", "unavailable"]:
         return "local" if all(n.is_local for n in self.cluster.nodes) else "global"
 
     def close(self) -> None:

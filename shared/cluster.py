@@ -1,4 +1,6 @@
-"""A cluster of nodes seen as one store: fan-out store, failover retrieve, safe presence, remove-all.
+"""A cluster of nodes seen as one store.
+
+Fan-out store, failover retrieve, safe presence, remove from all nodes.
 
 The data-safety rules of the design live here: a key is present only when a
 node confirms it; an unanswered node makes presence unknown, never absent;
@@ -78,7 +80,9 @@ class RemoveFailed(ClusterError):
 class Cluster:
     """Nodes plus the replication policy (copies, mincopies)."""
 
-    def __init__(self, nodes: Sequence[Node], copies: int | None = None, mincopies: int | None = None):
+    def __init__(
+        self, nodes: Sequence[Node], copies: int | None = None, mincopies: int | None = None
+    ):
         if not nodes:
             raise ConfigError("a cluster needs at least one node")
         self.nodes = list(nodes)
@@ -90,8 +94,12 @@ class Cluster:
                 f"use 1 to {len(self.nodes)}"
             )
         if not 1 <= self.mincopies <= self.copies:
-            raise ConfigError(f"mincopies={self.mincopies} must be between 1 and copies={self.copies}")
-        self._pool = ThreadPoolExecutor(max_workers=max(4, len(self.nodes)), thread_name_prefix="node")
+            raise ConfigError(
+                f"mincopies={self.mincopies} must be between 1 and copies={self.copies}"
+            )
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(4, len(self.nodes)), thread_name_prefix="node"
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -125,8 +133,8 @@ class Cluster:
             if todo:
                 self._store_wave(key, path, size, todo, outcome, progress)
         if outcome.copies < self.mincopies:
-            if not outcome.failed and skipped:
-                outcome.failed.update({n: "not taking new data (readonly, drain or weight 0)" for n in skipped})
+            for name in skipped:
+                outcome.failed.setdefault(name, "takes no new data (readonly, drain or weight 0)")
             raise StoreFailed(outcome, self.mincopies)
         return outcome
 

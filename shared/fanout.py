@@ -74,7 +74,7 @@ def fan_out(
         err: BaseException | None = None
         try:
             fn(reader)
-        except BaseException as e:  # noqa: BLE001 - the outcome is reported, not raised
+        except BaseException as e:
             err = e
         finally:
             reader.drain()

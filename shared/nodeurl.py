@@ -147,7 +147,7 @@ def parse_node_list(text: str) -> list[NodeSpec]:
     specs = [parse_node(entry) for entry in text.split()]
     if not specs:
         raise ConfigError(
-            "no nodes given: set nodes=\"NAME=URL ...\", e.g. nodes=\"a=file:///srv/a b=file:///srv/b\""
+            'no nodes given: set nodes="NAME=URL ...", e.g. nodes="a=file:///srv/a b=file:///srv/b"'
         )
     seen: set[str] = set()
     for s in specs:

@@ -176,18 +176,35 @@ def test_store_fails_below_mincopies(repo: Repo, node_dirs: list[Path]) -> None:
 
 def test_initremote_rejects_bad_config(repo: Repo, node_dirs: list[Path], tmp_path: Path) -> None:
     proc = repo.annex(
-        "initremote", "bad", "type=external", "externaltype=cluster", "encryption=none",
-        f"nodes={nodes_param(node_dirs)}", "copies=4", check=False,
+        "initremote",
+        "bad",
+        "type=external",
+        "externaltype=cluster",
+        "encryption=none",
+        f"nodes={nodes_param(node_dirs)}",
+        "copies=4",
+        check=False,
     )
     assert proc.returncode != 0 and "copies=4 is impossible with 3 node(s)" in proc.stderr
     proc = repo.annex(
-        "initremote", "bad", "type=external", "externaltype=cluster", "encryption=none",
-        f"nodes=a=file://{tmp_path}/missing", check=False,
+        "initremote",
+        "bad",
+        "type=external",
+        "externaltype=cluster",
+        "encryption=none",
+        f"nodes=a=file://{tmp_path}/missing",
+        check=False,
     )
     assert proc.returncode != 0 and "missing" in proc.stderr and "node a" in proc.stderr
     proc = repo.annex(
-        "initremote", "bad", "type=external", "externaltype=cluster", "encryption=none",
-        f"nodes={nodes_param(node_dirs)}", "copy=2", check=False,
+        "initremote",
+        "bad",
+        "type=external",
+        "externaltype=cluster",
+        "encryption=none",
+        f"nodes={nodes_param(node_dirs)}",
+        "copy=2",
+        check=False,
     )
     assert proc.returncode != 0 and "copy" in proc.stderr
 
@@ -198,7 +215,11 @@ def test_native_directory_remote_reads_node(tmp_path: Path, client: Client) -> N
     node.mkdir()
     repo = make_repo(tmp_path / "repo", client)
     repo.annex(
-        "initremote", "cl", "type=external", "externaltype=cluster", "encryption=none",
+        "initremote",
+        "cl",
+        "type=external",
+        "externaltype=cluster",
+        "encryption=none",
         f"nodes=n={node.as_uri()}",
     )
     for i in range(3):
@@ -206,9 +227,7 @@ def test_native_directory_remote_reads_node(tmp_path: Path, client: Client) -> N
     repo.annex("add", "d")
     repo.run("git", "commit", "-qm", "d")
     repo.annex("copy", "--to", "cl", "d")
-    repo.annex(
-        "initremote", "native", "type=directory", f"directory={node}", "encryption=none"
-    )
+    repo.annex("initremote", "native", "type=directory", f"directory={node}", "encryption=none")
     repo.annex("fsck", "--from", "native", "d")
     whereis = repo.annex("whereis", "d/f0.dat").stdout
     assert "native" in whereis

@@ -93,16 +93,28 @@ class Cluster:
                 f"copies={self.copies} is impossible with {len(self.nodes)} node(s): "
                 f"use 1 to {len(self.nodes)}"
             )
+        for n in self.nodes:
+            # Placement does not honour these yet; accepting them would promise
+            # a spread (zones) or a limit (maxsize) that stores would not keep.
+            if n.spec.zone is not None or n.spec.maxsize is not None:
+                raise ConfigError(
+                    f"node {n.name}: zone= and maxsize= are not supported by this version yet; "
+                    "remove them from the node URL"
+                )
         if not 1 <= self.mincopies <= self.copies:
             raise ConfigError(
                 f"mincopies={self.mincopies} must be between 1 and copies={self.copies}"
             )
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(4, len(self.nodes)), thread_name_prefix="node"
+        # Requests are served one at a time, so a worker per node is enough; stores
+        # get a pool of their own so that all of a wave's consumers run at once.
+        self._pool = ThreadPoolExecutor(max_workers=len(self.nodes), thread_name_prefix="node")
+        self._store_pool = ThreadPoolExecutor(
+            max_workers=len(self.nodes), thread_name_prefix="store"
         )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._store_pool.shutdown(wait=False, cancel_futures=True)
         for n in self.nodes:
             n.close()
 
@@ -124,6 +136,7 @@ class Cluster:
             n for n in self.order(key) if n.spec.state.takes_new_data and n.spec.weight > 0
         ]
         skipped = [n.name for n in self.nodes if n not in candidates]
+        sent = 0  # bytes reported by the previous wave
         while outcome.copies < self.copies and candidates:
             wave, candidates = (
                 candidates[: self.copies - outcome.copies],
@@ -131,7 +144,9 @@ class Cluster:
             )
             todo = self._store_precheck(key, wave, outcome)
             if todo:
-                self._store_wave(key, path, size, todo, outcome, progress)
+                if progress is not None and sent:
+                    progress(-sent)  # this wave starts over from byte 0
+                sent = self._store_wave(key, path, size, todo, outcome, progress)
         if outcome.copies < self.mincopies:
             for name in skipped:
                 outcome.failed.setdefault(name, "takes no new data (readonly, drain or weight 0)")
@@ -160,7 +175,9 @@ class Cluster:
         nodes: list[Node],
         outcome: StoreOutcome,
         progress: Progress | None,
-    ) -> None:
+    ) -> int:
+        """Stream the file to ``nodes``; return the bytes reported to ``progress``."""
+
         def consumer(node: Node) -> Callable[[QueueReader], None]:
             return lambda reader: node.store(key, reader, size)
 
@@ -173,15 +190,14 @@ class Cluster:
                 progress(n)
 
         with open(path, "rb") as src:
-            results = fan_out(src, {n.name: consumer(n) for n in nodes}, counted)
-        if progress is not None and sent:
-            progress(-sent)  # the next wave (if any) starts over from byte 0
+            results = fan_out(src, {n.name: consumer(n) for n in nodes}, counted, self._store_pool)
         for node in nodes:
             err = results.get(node.name)
             if err is None:
                 outcome.stored.append(node.name)
             else:
                 outcome.failed[node.name] = _reason(err)
+        return sent
 
     # -- retrieve -----------------------------------------------------------
 

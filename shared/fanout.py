@@ -10,8 +10,8 @@ or the exception it raised.
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO
 
 BLOCK = 1024 * 1024
@@ -63,12 +63,17 @@ def fan_out(
     source: BinaryIO,
     consumers: Mapping[str, Callable[[QueueReader], None]],
     on_bytes: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, BaseException | None]:
-    """Stream ``source`` to every consumer; return each consumer's exception or None."""
+    """Stream ``source`` to every consumer; return each consumer's exception or None.
+
+    ``executor`` must be able to run every consumer at once (a worker free for
+    each), or the stream would wait on a consumer that never starts. A
+    persistent pool saves starting threads for every small object.
+    """
     results: dict[str, BaseException | None] = {}
     queues: dict[str, queue.Queue[bytes | BaseException]] = {}
-    threads: list[threading.Thread] = []
-    lock = threading.Lock()
+    done: list[Future[None]] = []
 
     def run(name: str, fn: Callable[[QueueReader], None], reader: QueueReader) -> None:
         err: BaseException | None = None
@@ -78,35 +83,31 @@ def fan_out(
             err = e
         finally:
             reader.drain()
-        with lock:
-            results[name] = err
+        results[name] = err
 
-    for name, fn in consumers.items():
-        q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=DEPTH)
-        queues[name] = q
-        t = threading.Thread(
-            target=run, args=(name, fn, QueueReader(q)), name=f"store-{name}", daemon=True
-        )
-        threads.append(t)
-        t.start()
-
+    own = executor is None
+    pool = ThreadPoolExecutor(max_workers=max(1, len(consumers))) if own else executor
+    assert pool is not None
     try:
-        while True:
-            block = source.read(BLOCK)
-            if not block:
-                break
+        for name, fn in consumers.items():
+            q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=DEPTH)
+            queues[name] = q
+            done.append(pool.submit(run, name, fn, QueueReader(q)))
+        try:
+            while block := source.read(BLOCK):
+                for q in queues.values():
+                    q.put(block)
+                if on_bytes is not None:
+                    on_bytes(len(block))
+        except BaseException as e:
             for q in queues.values():
-                q.put(block)
-            if on_bytes is not None:
-                on_bytes(len(block))
-    except BaseException as e:
+                q.put(e)
+            wait(done)
+            raise
         for q in queues.values():
-            q.put(e)
-        for t in threads:
-            t.join()
-        raise
-    for q in queues.values():
-        q.put(_EOF)
-    for t in threads:
-        t.join()
+            q.put(_EOF)
+        wait(done)
+    finally:
+        if own:
+            pool.shutdown(wait=True)
     return results

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from shared.errors import ConfigError
 
@@ -82,15 +82,17 @@ class NodeSpec:
         if self.cost is not None:
             attrs.append(("cost", str(self.cost)))
         if self.weight != 1.0:
-            attrs.append(("weight", f"{self.weight:g}"))
+            # repr round-trips exactly (":g" keeps only 6 digits: 1000001 -> 1e+06)
+            attrs.append(("weight", repr(self.weight).removesuffix(".0")))
         if self.zone is not None:
             attrs.append(("zone", self.zone))
         if self.maxsize is not None:
             attrs.append(("maxsize", str(self.maxsize)))
         if self.state is not NodeState.ACTIVE:
             attrs.append(("state", self.state.value))
-        parts = urlsplit(self.url)
-        return f"{self.name}={urlunsplit(parts._replace(query=urlencode(attrs)))}"
+        # Not urlunsplit: it rewrites "file:rel" to "file:///rel" and "annex:///p" to "annex:/p".
+        query = urlencode(attrs)
+        return f"{self.name}={self.url}?{query}" if query else f"{self.name}={self.url}"
 
 
 def parse_node(entry: str) -> NodeSpec:
@@ -115,7 +117,9 @@ def parse_node(entry: str) -> NodeSpec:
     params: dict[str, str] = {}
     for k, v in query:
         (common if k in COMMON_ATTRS else params)[k] = v
-    bare = urlunsplit(parts._replace(query=""))
+    # The URL as written, minus the query (no fragment, checked above). Not urlunsplit, which
+    # would turn "file:rel/path" into "file:///rel/path" and "annex:///p" into "annex:/p".
+    bare = url.partition("?")[0]
     try:
         cost = int(common["cost"]) if "cost" in common else None
         weight = float(common.get("weight", "1"))
@@ -129,7 +133,10 @@ def parse_node(entry: str) -> NodeSpec:
         raise ConfigError(
             f"node {name}: state must be active, readonly or drain, not {common['state']!r}"
         ) from e
-    maxsize = parse_size(common["maxsize"]) if "maxsize" in common else None
+    try:
+        maxsize = parse_size(common["maxsize"]) if "maxsize" in common else None
+    except ConfigError as e:
+        raise ConfigError(f"node {name}: maxsize: {e}") from e
     return NodeSpec(
         name=name,
         url=bare,

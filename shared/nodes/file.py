@@ -13,6 +13,7 @@ import errno
 import os
 import secrets
 import shutil
+import socket
 import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -31,6 +32,8 @@ from shared.nodes.base import CHEAP_COST, Node, Readable, Usage, Writable
 from shared.nodeurl import NodeSpec
 
 BLOCK = 1024 * 1024
+# Temp dirs name their host and pid, so a later process can tell abandoned ones.
+_TMP_PREFIX = f"cluster-{socket.gethostname().replace('-', '_')}-"
 
 
 def _translate(exc: OSError, node: str, what: str) -> NodeError:
@@ -65,6 +68,7 @@ class FileNode(Node):
                 + ", ".join(sorted(spec.params))
             )
         self.root = Path(path)
+        self._tmp_checked = False
 
     @property
     def is_local(self) -> bool:
@@ -119,7 +123,8 @@ class FileNode(Node):
         if usage is not None and usage.free < size:
             raise NoSpace(f"{size} bytes needed, {usage.free} free in {self.root}", self.name)
         name = key.file_name
-        tmpdir = self.root / "tmp" / f"cluster-{os.getpid()}-{secrets.token_hex(6)}"
+        self._clean_stale_tmp()
+        tmpdir = self.root / "tmp" / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         try:
             tmpdir.mkdir(parents=True)
             written = 0
@@ -186,6 +191,26 @@ class FileNode(Node):
         if self._find(key) is not None:
             raise PermissionDenied(f"{key} is still present after removal", self.name)
 
+    def _clean_stale_tmp(self) -> None:
+        """Remove what interrupted stores of this host left in tmp/ (their process is gone).
+
+        Other hosts may share the node (a network filesystem); their entries carry
+        their host name and are left alone. Done once per process.
+        """
+        if self._tmp_checked:
+            return
+        self._tmp_checked = True
+        try:
+            entries = list(os.scandir(self.root / "tmp"))
+        except OSError:
+            return
+        for entry in entries:
+            pid_text = entry.name.removeprefix(_TMP_PREFIX).split("-", 1)[0]
+            if not entry.name.startswith(_TMP_PREFIX) or not pid_text.isdigit():
+                continue
+            if not _pid_alive(int(pid_text)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
     def usage(self) -> Usage | None:
         try:
             st = os.statvfs(self.root)
@@ -206,3 +231,13 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

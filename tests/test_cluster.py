@@ -1,0 +1,596 @@
+"""Cluster over real file nodes, with faults injected by FaultyNode."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from faulty import FaultyNode, InjectedFault
+from node_conformance import make_key
+
+from shared.cluster import (
+    Cluster,
+    PresenceUnknown,
+    RemoveFailed,
+    RetrieveFailed,
+    StoreFailed,
+)
+from shared.errors import ConfigError, NotFound, PermissionDenied, Unavailable
+from shared.fanout import BLOCK
+from shared.keys import Key
+from shared.nodes.file import FileNode
+from shared.nodeurl import parse_node
+
+MakeCluster = Callable[..., tuple[Cluster, dict[str, FaultyNode]]]
+
+
+def content(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed * 1_000_003 + size).randbytes(size)
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
+    """``make_cluster(n, copies=, mincopies=, attrs={name: "cost=5&state=drain"})``."""
+    made: list[Cluster] = []
+    serial = iter(range(1_000_000))
+
+    def make(
+        n: int = 3,
+        copies: int | None = None,
+        mincopies: int | None = None,
+        attrs: dict[str, str] | None = None,
+    ) -> tuple[Cluster, dict[str, FaultyNode]]:
+        nodes: dict[str, FaultyNode] = {}
+        base = tmp_path / f"cluster{next(serial)}"
+        for i in range(n):
+            name = f"n{i}"
+            root = base / name
+            root.mkdir(parents=True)
+            query = (attrs or {}).get(name)
+            url = f"file://{root}" + (f"?{query}" if query else "")
+            nodes[name] = FaultyNode(FileNode(parse_node(f"{name}={url}")))
+        cluster = Cluster(list(nodes.values()), copies=copies, mincopies=mincopies)
+        made.append(cluster)
+        return cluster, nodes
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Callable[[bytes], tuple[Key, str]]:
+    """Write data to a local file as git-annex would hand it to STORE; return (key, path)."""
+
+    def write(data: bytes) -> tuple[Key, str]:
+        key = make_key(data)
+        path = tmp_path / "src" / key.file_name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        return key, str(path)
+
+    return write
+
+
+def holders(nodes: dict[str, FaultyNode], key: Key) -> set[str]:
+    return {name for name, n in nodes.items() if n.inner.present(key) is not None}
+
+
+def put(node: FaultyNode, key: Key, data: bytes) -> None:
+    """Place a copy directly on one node, behind the cluster's back."""
+    node.inner.store(key, io.BytesIO(data), len(data))
+
+
+def root_of(node: FaultyNode) -> Path:
+    assert isinstance(node.inner, FileNode)
+    return node.inner.root
+
+
+def order_names(cluster: Cluster, key: Key) -> list[str]:
+    return [n.name for n in cluster.order(key)]
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+def test_bad_copies_and_mincopies(make_cluster: MakeCluster) -> None:
+    with pytest.raises(ConfigError):
+        make_cluster(3, copies=4)
+    with pytest.raises(ConfigError):
+        make_cluster(3, copies=0)
+    with pytest.raises(ConfigError):
+        make_cluster(3, copies=2, mincopies=3)
+    with pytest.raises(ConfigError):
+        Cluster([])
+    cluster, _ = make_cluster(3)
+    assert (cluster.copies, cluster.mincopies) == (3, 3)
+
+
+# -- store ----------------------------------------------------------------------------
+
+
+def test_store_goes_to_first_copies_nodes_in_order(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(5, copies=2)
+    firsts: set[str] = set()
+    for i in range(12):
+        data = content(1000 + i, seed=i)
+        key, path = src(data)
+        outcome = cluster.store(key, path)
+        expected = order_names(cluster, key)[:2]
+        assert holders(nodes, key) == set(expected)
+        assert sorted(outcome.stored) == sorted(expected)
+        assert outcome.already == []
+        assert outcome.failed == {}
+        firsts.add(expected[0])
+        for name in expected:
+            out = io.BytesIO()
+            nodes[name].inner.retrieve(key, out)
+            assert out.getvalue() == data
+    assert len(firsts) > 1, "placement should spread keys over the nodes"
+
+
+@pytest.mark.parametrize("op", ["present", "store"])
+def test_failing_node_spills_over_to_next_candidate(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], op: str
+) -> None:
+    cluster, nodes = make_cluster(5, copies=2)
+    key, path = src(content(3 * BLOCK + 7))
+    order = order_names(cluster, key)
+    nodes[order[0]].fail("present" if op == "present" else "store", Unavailable)
+    outcome = cluster.store(key, path)
+    assert holders(nodes, key) == {order[1], order[2]}
+    assert outcome.stored == [order[1], order[2]]
+    assert list(outcome.failed) == [order[0]]
+    assert "injected" in outcome.failed[order[0]]
+    assert nodes[order[3]].ops("store") == []
+
+
+def test_node_failing_mid_upload_spills_over_and_leaves_nothing(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(4, copies=2)
+    data = content(3 * BLOCK + 7)
+    key, path = src(data)
+    order = order_names(cluster, key)
+    nodes[order[1]].fail("store", Unavailable, after_bytes=BLOCK + 3)
+    outcome = cluster.store(key, path)
+    assert holders(nodes, key) == {order[0], order[2]}
+    assert set(outcome.failed) == {order[1]}
+    assert list((root_of(nodes[order[1]]) / "tmp").iterdir()) == []
+
+
+def test_spill_over_through_several_failures(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(5, copies=2)
+    key, path = src(content(100))
+    order = order_names(cluster, key)
+    for name in order[:3]:
+        nodes[name].fail("store", Unavailable)
+    outcome = cluster.store(key, path)
+    assert holders(nodes, key) == set(order[3:])
+    assert set(outcome.failed) == set(order[:3])
+
+
+def test_store_succeeds_at_mincopies_and_names_failed_node(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(3, copies=3, mincopies=2)
+    key, path = src(content(5000))
+    nodes["n1"].fail("store", PermissionDenied)
+    outcome = cluster.store(key, path)
+    assert outcome.copies == 2
+    assert set(outcome.stored) == {"n0", "n2"}
+    assert set(outcome.failed) == {"n1"}
+    assert "n1" in outcome.describe_failures()
+    assert "injected store fault" in outcome.describe_failures()
+    assert holders(nodes, key) == {"n0", "n2"}
+
+
+def test_store_failed_below_mincopies_names_nodes(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(3, copies=3, mincopies=2)
+    key, path = src(content(5000))
+    nodes["n0"].fail("store", Unavailable)
+    nodes["n2"].fail("present", InjectedFault)
+    with pytest.raises(StoreFailed) as info:
+        cluster.store(key, path)
+    msg = str(info.value)
+    assert "n0" in msg
+    assert "n2" in msg
+    assert "n1" in msg  # the one node that did store
+    assert "2 required" in msg
+    assert "InjectedFault" in msg
+    assert info.value.outcome.stored == ["n1"]
+    assert set(info.value.outcome.failed) == {"n0", "n2"}
+
+
+def test_store_failed_on_every_node(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(2, copies=1)
+    key, path = src(content(10))
+    for n in nodes.values():
+        n.fail("store", Unavailable)
+    with pytest.raises(StoreFailed) as info:
+        cluster.store(key, path)
+    assert "no node" in str(info.value)
+    assert set(info.value.outcome.failed) == {"n0", "n1"}
+
+
+@pytest.mark.parametrize("state", ["readonly", "drain"])
+def test_readonly_and_drain_nodes_take_no_new_data(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], state: str
+) -> None:
+    cluster, nodes = make_cluster(3, copies=3, mincopies=1, attrs={"n1": f"state={state}"})
+    for i in range(6):
+        key, path = src(content(100, seed=i))
+        outcome = cluster.store(key, path)
+        assert "n1" not in holders(nodes, key)
+        assert set(outcome.stored) == {"n0", "n2"}
+    assert nodes["n1"].ops("store") == []
+
+
+@pytest.mark.parametrize("state", ["readonly", "drain"])
+def test_readonly_and_drain_nodes_are_read_and_removed(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path, state: str
+) -> None:
+    cluster, nodes = make_cluster(3, copies=1, attrs={"n1": f"state={state}"})
+    data = content(2 * BLOCK + 1)
+    key, _ = src(data)
+    put(nodes["n1"], key, data)
+    assert cluster.present(key) is True
+    dest = tmp_path / "dest"
+    assert cluster.retrieve(key, str(dest)) == "n1"
+    assert dest.read_bytes() == data
+    cluster.remove(key)
+    assert holders(nodes, key) == set()
+    assert cluster.present(key) is False
+
+
+def test_only_readonly_nodes_store_fails_and_says_why(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, _ = make_cluster(2, copies=1, attrs={"n0": "state=readonly", "n1": "state=drain"})
+    key, path = src(content(10))
+    with pytest.raises(StoreFailed) as info:
+        cluster.store(key, path)
+    assert "n0" in str(info.value)
+    assert "n1" in str(info.value)
+    assert "takes no new data" in str(info.value)
+
+
+def test_weight_zero_node_gets_no_new_data(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(3, copies=2, attrs={"n2": "weight=0"})
+    for i in range(6):
+        key, path = src(content(50, seed=i))
+        cluster.store(key, path)
+        assert holders(nodes, key) == {"n0", "n1"}
+
+
+def test_already_present_counts_without_rewriting(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(4, copies=2)
+    data = content(4000)
+    key, path = src(data)
+    order = order_names(cluster, key)
+    put(nodes[order[0]], key, data)
+    obj = root_of(nodes[order[0]]) / key.hashdirlower / key.file_name / key.file_name
+    before = obj.stat()
+    outcome = cluster.store(key, path)
+    assert outcome.already == [order[0]]
+    assert outcome.stored == [order[1]]
+    assert outcome.copies == 2
+    assert nodes[order[0]].ops("store") == []
+    after = obj.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert holders(nodes, key) == {order[0], order[1]}
+
+
+def test_store_of_fully_present_key_reads_nothing(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(3, copies=2)
+    key, path = src(content(100))
+    cluster.store(key, path)
+    progress: list[int] = []
+    outcome = cluster.store(key, path, progress.append)
+    assert sorted(outcome.already) == sorted(order_names(cluster, key)[:2])
+    assert outcome.stored == []
+    assert all(len(n.ops("store")) <= 1 for n in nodes.values())
+
+
+# -- retrieve -------------------------------------------------------------------------
+
+
+def _on_all(nodes: dict[str, FaultyNode], key: Key, data: bytes) -> None:
+    for n in nodes.values():
+        put(n, key, data)
+
+
+def test_retrieve_prefers_lowest_cost(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    data = content(1000)
+    key, _ = src(data)
+    probe, _ = make_cluster(3)
+    last = order_names(probe, key)[-1]
+    attrs = {name: ("cost=50" if name == last else "cost=300") for name in ("n0", "n1", "n2")}
+    cluster, nodes = make_cluster(3, attrs=attrs)
+    _on_all(nodes, key, data)
+    dest = tmp_path / "out"
+    assert cluster.retrieve(key, str(dest)) == last
+    assert dest.read_bytes() == data
+    assert [n for n, node in nodes.items() if node.ops("retrieve")] == [last]
+
+
+def test_retrieve_equal_cost_follows_placement_order(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(3)
+    data = content(10)
+    key, _ = src(data)
+    _on_all(nodes, key, data)
+    assert cluster.retrieve(key, str(tmp_path / "out")) == order_names(cluster, key)[0]
+
+
+def test_retrieve_falls_over_on_error_and_absence(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(3, attrs={"n0": "cost=10", "n1": "cost=20", "n2": "cost=30"})
+    data = content(2 * BLOCK + 5)
+    key, _ = src(data)
+    put(nodes["n2"], key, data)
+    put(nodes["n0"], key, data)
+    nodes["n0"].fail("retrieve", Unavailable)  # n1 does not hold it at all
+    dest = tmp_path / "out"
+    assert cluster.retrieve(key, str(dest)) == "n2"
+    assert dest.read_bytes() == data
+
+
+def test_retrieve_continues_after_midway_failure(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(2, attrs={"n0": "cost=10", "n1": "cost=20"})
+    data = content(3 * BLOCK + 7)
+    key, _ = src(data)
+    _on_all(nodes, key, data)
+    cut = BLOCK + 12345
+    nodes["n0"].fail("retrieve", Unavailable, after_bytes=cut)
+    progress: list[int] = []
+    dest = tmp_path / "out"
+    assert cluster.retrieve(key, str(dest), progress.append) == "n1"
+    assert dest.read_bytes() == data
+    assert [c.offset for c in nodes["n1"].ops("retrieve")] == [cut]
+    assert sum(progress) == len(data)
+
+
+def test_retrieve_resumes_partial_destination(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(2)
+    data = content(3 * BLOCK + 7)
+    key, _ = src(data)
+    _on_all(nodes, key, data)
+    third = len(data) // 3
+    dest = tmp_path / "out"
+    dest.write_bytes(data[:third])
+    progress: list[int] = []
+    used = cluster.retrieve(key, str(dest), progress.append)
+    assert dest.read_bytes() == data
+    assert [c.offset for c in nodes[used].ops("retrieve")] == [third]
+    assert progress[0] == third
+    assert sum(progress) == len(data)
+
+
+def test_retrieve_restarts_when_destination_longer_than_object(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(2)
+    data = content(BLOCK + 99)
+    key, _ = src(data)
+    _on_all(nodes, key, data)
+    dest = tmp_path / "out"
+    dest.write_bytes(content(len(data) + 500, seed=9))
+    progress: list[int] = []
+    used = cluster.retrieve(key, str(dest), progress.append)
+    assert dest.read_bytes() == data
+    assert [c.offset for c in nodes[used].ops("retrieve")] == [0]
+    running = 0
+    for delta in progress:
+        running += delta
+        assert running >= 0
+    assert running == len(data)
+
+
+def test_retrieve_complete_destination_writes_nothing(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(1)
+    data = content(1000)
+    key, _ = src(data)
+    _on_all(nodes, key, data)
+    dest = tmp_path / "out"
+    dest.write_bytes(data)
+    cluster.retrieve(key, str(dest))
+    assert dest.read_bytes() == data
+
+
+def test_retrieve_absent_everywhere(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, _ = make_cluster(3)
+    key, _ = src(content(10))
+    with pytest.raises(RetrieveFailed, match="none of the nodes"):
+        cluster.retrieve(key, str(tmp_path / "out"))
+
+
+def test_retrieve_failure_names_failing_nodes(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(3)
+    data = content(10)
+    key, _ = src(data)
+    put(nodes["n1"], key, data)
+    nodes["n1"].fail("retrieve", Unavailable)
+    nodes["n2"].fail("retrieve", NotFound)
+    with pytest.raises(RetrieveFailed) as info:
+        cluster.retrieve(key, str(tmp_path / "out"))
+    assert "n1" in str(info.value)
+
+
+# -- presence -------------------------------------------------------------------------
+
+
+def test_present_true_while_another_node_unavailable(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(3)
+    data = content(10)
+    key, _ = src(data)
+    put(nodes["n2"], key, data)
+    nodes["n0"].fail("present", Unavailable)
+    nodes["n1"].fail("present", InjectedFault)
+    assert cluster.present(key) is True
+
+
+def test_presence_unknown_when_absent_on_reachable_nodes(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(3)
+    key, _ = src(content(10))
+    nodes["n1"].fail("present", Unavailable)
+    with pytest.raises(PresenceUnknown) as info:
+        cluster.present(key)
+    assert "n1" in str(info.value)
+    assert "n0" not in str(info.value)
+
+
+def test_presence_unknown_when_a_node_disk_is_gone(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(2)
+    key, _ = src(content(10))
+    root_of(nodes["n1"]).rename(tmp_path / "unmounted")
+    with pytest.raises(PresenceUnknown, match="n1"):
+        cluster.present(key)
+
+
+def test_present_false_only_when_all_say_absent(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(4)
+    key, _ = src(content(10))
+    assert cluster.present(key) is False
+    assert all(len(n.ops("present")) == 1 for n in nodes.values())
+
+
+def test_present_after_store(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, _ = make_cluster(3, copies=1)
+    key, path = src(content(10))
+    cluster.store(key, path)
+    assert cluster.present(key) is True
+
+
+# -- remove ---------------------------------------------------------------------------
+
+
+def test_remove_hits_every_node_including_stray_copies(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(4, copies=1)
+    data = content(100)
+    key, path = src(data)
+    cluster.store(key, path)
+    stray = order_names(cluster, key)[-1]
+    put(nodes[stray], key, data)
+    assert len(holders(nodes, key)) == 2
+    cluster.remove(key)
+    assert holders(nodes, key) == set()
+    assert all(len(n.ops("remove")) == 1 for n in nodes.values())
+    assert cluster.present(key) is False
+
+
+def test_remove_absent_succeeds(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, _ = make_cluster(3)
+    key, _ = src(content(10))
+    cluster.remove(key)
+    cluster.remove(key)
+
+
+def test_remove_failed_names_the_failing_node(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(3)
+    data = content(100)
+    key, path = src(data)
+    cluster.store(key, path)
+    nodes["n1"].fail("remove", Unavailable)
+    with pytest.raises(RemoveFailed) as info:
+        cluster.remove(key)
+    assert set(info.value.failed) == {"n1"}
+    msg = str(info.value)
+    assert "n1" in msg
+    assert "n0" not in msg
+    assert "n2" not in msg
+    assert str(key) in msg
+    assert holders(nodes, key) == {"n1"}, "the other nodes are still removed from"
+    nodes["n1"].heal()
+    cluster.remove(key)
+    assert holders(nodes, key) == set()
+
+
+# -- progress -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, BLOCK, 3 * BLOCK + 7])
+def test_store_progress_sums_to_file_size(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], size: int
+) -> None:
+    cluster, _ = make_cluster(3, copies=2)
+    key, path = src(content(size))
+    progress: list[int] = []
+    cluster.store(key, path, progress.append)
+    assert sum(progress) == size
+
+
+def test_store_progress_after_spill_over_sums_to_file_size(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(3, copies=2)
+    data = content(3 * BLOCK + 7)
+    key, path = src(data)
+    nodes[order_names(cluster, key)[0]].fail("store", Unavailable, after_bytes=BLOCK)
+    progress: list[int] = []
+    cluster.store(key, path, progress.append)
+    running = 0
+    for delta in progress:
+        running += delta
+        assert 0 <= running <= len(data)
+    assert running == len(data)
+
+
+def test_retrieve_progress_ends_at_file_size(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(2)
+    data = content(2 * BLOCK + 3)
+    key, _ = src(data)
+    _on_all(nodes, key, data)
+    progress: list[int] = []
+    cluster.retrieve(key, str(tmp_path / "out"), progress.append)
+    assert sum(progress) == len(data)
+    assert all(d > 0 for d in progress)

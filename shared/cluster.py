@@ -243,11 +243,19 @@ class Cluster:
         """True when a node confirms; False only when every node answered no.
 
         Raises PresenceUnknown when nobody confirmed and some node could not be asked.
+        The key's first node in placement order usually holds it, so it is asked
+        directly; only if it does not confirm are the others asked, in parallel.
         """
-        futures: dict[Future[int | None], Node] = {
-            self._pool.submit(n.present, key): n for n in self.order(key)
-        }
+        first, *rest = self.order(key)
         errors: dict[str, str] = {}
+        try:
+            if first.present(key) is not None:
+                return True
+        except Exception as e:
+            errors[first.name] = _reason(e)
+        futures: dict[Future[int | None], Node] = {
+            self._pool.submit(n.present, key): n for n in rest
+        }
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,19 +92,33 @@ def client_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("clients")
 
 
+def _stop_gpg_agent(client: Client) -> None:
+    """git-annex's gpg starts a gpg-agent per GNUPGHOME; stop the one our tests caused."""
+    subprocess.run(
+        ["gpgconf", "--kill", "gpg-agent"],
+        env=client.env,
+        capture_output=True,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="session")
-def pypi_client(client_root: Path) -> Client:
+def pypi_client(client_root: Path) -> Iterator[Client]:
     binary = _pypi_git_annex()
     if binary is None:
         pytest.fail("the PyPI git-annex package is not installed: run make test")
-    return _make_client("pypi", binary, client_root)
+    client = _make_client("pypi", binary, client_root)
+    yield client
+    _stop_gpg_agent(client)
 
 
 @pytest.fixture(scope="session")
-def debian_client(client_root: Path) -> Client:
+def debian_client(client_root: Path) -> Iterator[Client]:
     if not DEBIAN_GIT_ANNEX.exists():
         pytest.skip("Debian's git-annex is not installed (apt-get install git-annex)")
-    return _make_client("debian", DEBIAN_GIT_ANNEX, client_root)
+    client = _make_client("debian", DEBIAN_GIT_ANNEX, client_root)
+    yield client
+    _stop_gpg_agent(client)
 
 
 @pytest.fixture(params=["pypi", pytest.param("debian", marks=pytest.mark.oldannex)])

@@ -1,0 +1,136 @@
+"""Retries around any node, in one place: backends never retry on their own.
+
+Transient failures (``shared.errors.is_transient``) of operations that can be
+repeated safely are retried with exponential backoff and jitter. A node that
+still fails is marked down for a while: later calls fail at once instead of
+each paying the backoff, so a copy of a thousand keys waits once, not a
+thousand times. Stores are not retried here (their source is a stream read
+once); the cluster stores on the next node instead.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from shared.errors import Unavailable, is_transient
+from shared.keys import Key
+from shared.nodes.base import Node, Readable, Usage, Writable
+
+T = TypeVar("T")
+
+
+class _Counting:
+    """Counts what reached the sink, so a retried download continues where it stopped."""
+
+    def __init__(self, sink: Writable) -> None:
+        self.sink = sink
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        n = self.sink.write(data)
+        self.count += len(data)
+        return n
+
+
+class RetryingNode(Node):
+    def __init__(
+        self,
+        inner: Node,
+        *,
+        attempts: int = 3,
+        initial_wait: float = 0.2,
+        max_wait: float = 2.0,
+        down_for: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(inner.spec)
+        self.inner = inner
+        self._attempts = attempts
+        self._wait = wait_exponential(multiplier=initial_wait, max=max_wait) + wait_random(
+            0, initial_wait
+        )
+        self._down_for = down_for
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._down_reason = ""
+
+    @property
+    def cost(self) -> int:
+        return self.inner.cost
+
+    @property
+    def is_local(self) -> bool:
+        return self.inner.is_local
+
+    def _guard(self) -> None:
+        with self._lock:
+            if self._clock() < self._down_until:
+                raise Unavailable(f"{self._down_reason} (not retried for now)", self.name)
+
+    def _mark_down(self, exc: BaseException) -> None:
+        with self._lock:
+            self._down_until = self._clock() + self._down_for
+            text = str(exc)
+            prefix = f"node {self.name}: "
+            self._down_reason = text.removeprefix(prefix)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        self._guard()
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=self._wait,
+            retry=retry_if_exception(is_transient),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except Exception as e:
+            if is_transient(e):
+                self._mark_down(e)
+            raise
+
+    def check(self) -> None:
+        self._call(self.inner.check)
+
+    def present(self, key: Key) -> int | None:
+        return self._call(lambda: self.inner.present(key))
+
+    def store(self, key: Key, source: Readable, size: int) -> None:
+        self._guard()
+        try:
+            self.inner.store(key, source, size)
+        except Exception as e:
+            if is_transient(e):
+                self._mark_down(e)
+            raise
+
+    def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
+        counting = _Counting(sink)
+        self._call(lambda: self.inner.retrieve(key, counting, offset + counting.count))
+
+    def remove(self, key: Key) -> None:
+        self._call(lambda: self.inner.remove(key))
+
+    def usage(self) -> Usage | None:
+        return self.inner.usage()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"<retrying {self.inner!r}>"

@@ -1,0 +1,113 @@
+"""The retry wrapper: transient failures retried, a dead node marked down once."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+from faulty import FaultyNode, InjectedFault
+
+from shared.errors import PermissionDenied, Unavailable
+from shared.keys import Key
+from shared.nodes.file import FileNode
+from shared.nodes.retry import RetryingNode
+from shared.nodeurl import parse_node
+
+DATA = bytes(range(256)) * 400
+KEY = Key.parse(f"SHA256E-s{len(DATA)}--{hashlib.sha256(DATA).hexdigest()}.bin")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[FaultyNode, RetryingNode, Clock]:
+    (tmp_path / "n").mkdir()
+    faulty = FaultyNode(FileNode(parse_node(f"n={(tmp_path / 'n').as_uri()}")))
+    clock = Clock()
+    node = RetryingNode(faulty, attempts=3, down_for=30, clock=clock, sleep=clock.sleep)
+    node.store(KEY, io.BytesIO(DATA), len(DATA))
+    return faulty, node, clock
+
+
+def test_transient_failure_is_retried(parts: tuple[FaultyNode, RetryingNode, Clock]) -> None:
+    faulty, node, clock = parts
+    faulty.fail("present", Unavailable, times=2)
+    assert node.present(KEY) == len(DATA)
+    assert len(faulty.ops("present")) == 3
+    assert len(clock.slept) == 2
+
+
+def test_permanent_failure_is_not_retried(parts: tuple[FaultyNode, RetryingNode, Clock]) -> None:
+    faulty, node, clock = parts
+    faulty.fail("remove", PermissionDenied, times=1)
+    with pytest.raises(PermissionDenied):
+        node.remove(KEY)
+    assert len(faulty.ops("remove")) == 1 and clock.slept == []
+    node.remove(KEY)  # not marked down: the next call goes through
+    assert node.present(KEY) is None
+
+
+def test_node_marked_down_after_retries_then_back(
+    parts: tuple[FaultyNode, RetryingNode, Clock],
+) -> None:
+    faulty, node, clock = parts
+    faulty.fail("present", Unavailable)
+    with pytest.raises(Unavailable):
+        node.present(KEY)
+    assert len(faulty.ops("present")) == 3
+    waited = len(clock.slept)
+    # While down, calls fail at once: no call reaches the node, no more waiting.
+    for op in (lambda: node.present(KEY), lambda: node.remove(KEY), node.check):
+        with pytest.raises(Unavailable, match="not retried for now"):
+            op()
+    assert len(faulty.ops("present")) == 3 and len(clock.slept) == waited
+    faulty.heal()
+    clock.now += 31
+    assert node.present(KEY) == len(DATA)
+
+
+def test_retried_download_continues_where_it_stopped(
+    parts: tuple[FaultyNode, RetryingNode, Clock],
+) -> None:
+    faulty, node, _ = parts
+    faulty.fail("retrieve", Unavailable, times=1, after_bytes=30_000)
+    sink = io.BytesIO()
+    node.retrieve(KEY, sink, 0)
+    assert sink.getvalue() == DATA
+    offsets = [c.offset for c in faulty.ops("retrieve")]
+    assert offsets[0] == 0 and offsets[1] is not None and offsets[1] >= 30_000
+
+
+def test_store_is_not_retried_but_marks_down(
+    parts: tuple[FaultyNode, RetryingNode, Clock],
+) -> None:
+    faulty, node, _ = parts
+    node.remove(KEY)
+    before = len(faulty.ops("store"))
+    faulty.fail("store", Unavailable, times=1)
+    with pytest.raises(Unavailable):
+        node.store(KEY, io.BytesIO(DATA), len(DATA))
+    assert len(faulty.ops("store")) == before + 1
+    with pytest.raises(Unavailable, match="not retried for now"):
+        node.present(KEY)
+
+
+def test_unexpected_exceptions_pass_through(parts: tuple[FaultyNode, RetryingNode, Clock]) -> None:
+    faulty, node, _ = parts
+    faulty.fail("present", InjectedFault, times=1)
+    with pytest.raises(InjectedFault):
+        node.present(KEY)
+    assert node.present(KEY) == len(DATA)

@@ -63,6 +63,7 @@ class ClusterRemote(Remote):
                 nodes,
                 copies=_positive_int("copies", self.annex.getconfig("copies")),
                 mincopies=_positive_int("mincopies", self.annex.getconfig("mincopies")),
+                log=self.annex.debug,
             )
         except ClusterError as e:
             raise RemoteError(str(e)) from e

@@ -81,8 +81,15 @@ class Cluster:
     """Nodes plus the replication policy (copies, mincopies)."""
 
     def __init__(
-        self, nodes: Sequence[Node], copies: int | None = None, mincopies: int | None = None
+        self,
+        nodes: Sequence[Node],
+        copies: int | None = None,
+        mincopies: int | None = None,
+        log: Callable[[str], None] | None = None,
     ):
+        """``log`` receives one line per notable step (which node, which offset, what
+        failed); the remote sends them to git-annex's --debug output."""
+        self._log = log or (lambda _msg: None)
         if not nodes:
             raise ConfigError("a cluster needs at least one node")
         self.nodes = list(nodes)
@@ -197,6 +204,7 @@ class Cluster:
                 outcome.stored.append(node.name)
             else:
                 outcome.failed[node.name] = _reason(err)
+                self._log(f"store {key}: node {node.name} failed: {outcome.failed[node.name]}")
         return sent
 
     # -- retrieve -----------------------------------------------------------
@@ -226,12 +234,14 @@ class Cluster:
                             continue
                         if offset > size:
                             offset = sink.restart()
+                    self._log(f"get {key}: from node {node.name}, starting at byte {offset}")
                     node.retrieve(key, sink, offset)
                     return node.name
                 except NotFound:
                     absent.append(node.name)
                 except Exception as e:
                     errors[node.name] = _reason(e)
+                    self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
         if errors:
             detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
             raise RetrieveFailed(f"could not get {key} from any node ({detail})")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["sshd"]
+
 DEBIAN_GIT_ANNEX = Path("/usr/bin/git-annex")
 VENV_BIN = Path(sys.executable).parent
 

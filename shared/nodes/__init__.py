@@ -15,7 +15,12 @@ def open_node(spec: NodeSpec) -> Node:
         from shared.nodes.file import FileNode
 
         return FileNode(spec)
+    if spec.scheme == "sftp":
+        from shared.nodes.retry import RetryingNode
+        from shared.nodes.sftp import SFTPNode
+
+        return RetryingNode(SFTPNode(spec))
     raise ConfigError(
         f"node {spec.name}: {spec.scheme}:// nodes are not supported by this version yet; "
-        "use file:// nodes"
+        "use file:// or sftp:// nodes"
     )

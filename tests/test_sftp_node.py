@@ -1,0 +1,130 @@
+"""sftp:// nodes against a real OpenSSH server: the conformance suite plus ssh-specific cases."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from node_conformance import NodeConformance, NodeFactory, make_key, payload
+from sshd import SSHDFactory, ssh_config_for
+
+from shared.errors import ConfigError, Unavailable
+from shared.nodes.base import Node
+from shared.nodes.retry import RetryingNode
+from shared.nodes.sftp import SFTPNode, parse_sftp_url
+from shared.nodeurl import parse_node
+from shared.ssh import SSHPool
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def pool(tmp_path: Path, sshd_factory: SSHDFactory, ssh_client_key: Path) -> Iterator[SSHPool]:
+    home = tmp_path / "home"
+    ssh_config_for(home, {"nodehost": sshd_factory("nodehost")}, ssh_client_key)
+    p = SSHPool(config_file=str(home / ".ssh" / "config"), io_timeout=10, attempts=1)
+    yield p
+    p.close()
+
+
+def sftp_node(pool: SSHPool, root: Path, name: str = "s") -> SFTPNode:
+    return SFTPNode(parse_node(f"{name}=sftp://nodehost{root}"), pool=pool)
+
+
+class TestSFTPNodeConformance(NodeConformance):
+    @pytest.fixture
+    def make_node(self, tmp_path: Path, pool: SSHPool) -> NodeFactory:
+        root = tmp_path / "node"
+        root.mkdir()
+        return lambda: sftp_node(pool, root)
+
+    def leftovers(self, node: Node) -> list[str]:
+        assert isinstance(node, SFTPNode)
+        tmp = Path(node.root) / "tmp"
+        return sorted(os.listdir(tmp)) if tmp.exists() else []
+
+
+def test_layout_matches_file_nodes(tmp_path: Path, pool: SSHPool) -> None:
+    root = tmp_path / "n"
+    root.mkdir()
+    data = payload(5000)
+    key = make_key(data)
+    sftp_node(pool, root).store(key, io.BytesIO(data), len(data))
+    obj = root / key.hashdirlower / key.file_name / key.file_name
+    assert obj.read_bytes() == data
+
+
+def test_missing_root_is_unavailable_not_absent(tmp_path: Path, pool: SSHPool) -> None:
+    node = sftp_node(pool, tmp_path / "missing")
+    key = make_key(b"x")
+    for op in (lambda: node.present(key), lambda: node.remove(key), node.check):
+        with pytest.raises(Unavailable, match="not accessible"):
+            op()
+
+
+def test_host_down_is_unavailable_and_recovers(
+    tmp_path: Path, pool: SSHPool, sshd_factory: SSHDFactory
+) -> None:
+    root = tmp_path / "n"
+    root.mkdir()
+    node = sftp_node(pool, root)
+    data = payload(10_000)
+    key = make_key(data)
+    node.store(key, io.BytesIO(data), len(data))
+    server = sshd_factory("nodehost")
+    server.stop()
+    try:
+        with pytest.raises(Unavailable):
+            node.present(key)
+    finally:
+        sshd_factory("nodehost")  # started again on the same port
+    assert node.present(key) == len(data)
+
+
+def test_free_space_via_statvfs_extension(tmp_path: Path, pool: SSHPool) -> None:
+    usage = sftp_node(pool, tmp_path).usage()
+    assert usage is not None and 0 < usage.free <= usage.total
+    st = os.statvfs(tmp_path)
+    assert usage.total == st.f_blocks * st.f_frsize
+
+
+def test_large_object_streams_in_bounded_windows(tmp_path: Path, pool: SSHPool) -> None:
+    root = tmp_path / "n"
+    root.mkdir()
+    data = os.urandom(20 * 1024 * 1024 + 3)
+    key = make_key(data)
+    node = sftp_node(pool, root)
+    node.store(key, io.BytesIO(data), len(data))
+    sink = io.BytesIO()
+    node.retrieve(key, sink, 7 * 1024 * 1024 + 1)
+    assert sink.getvalue() == data[7 * 1024 * 1024 + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "user", "path"),
+    [
+        ("sftp://h/srv/a", "h", None, None, "/srv/a"),
+        ("sftp://u@h:2222/srv/a/", "h", 2222, "u", "/srv/a"),
+        ("sftp://h/~/annex", "h", None, None, "annex"),
+        ("sftp://h/~", "h", None, None, "."),
+        ("sftp://[::1]:22/x", "::1", 22, None, "/x"),
+    ],
+)
+def test_url_parsing(url: str, host: str, port: int | None, user: str | None, path: str) -> None:
+    target, root = parse_sftp_url(parse_node(f"n={url}"))
+    assert (target.host, target.port, target.user, root) == (host, port, user, path)
+
+
+@pytest.mark.parametrize("url", ["sftp:///nohost", "sftp://h", "sftp://h/x?bogus=1"])
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(ConfigError, match="node n"):
+        parse_sftp_url(parse_node(f"n={url}"))
+
+
+def test_open_node_wraps_sftp_in_retries() -> None:
+    from shared.nodes import open_node
+
+    assert isinstance(open_node(parse_node("n=sftp://h/x")), RetryingNode)

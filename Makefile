@@ -8,7 +8,7 @@ PY      := $(VENV)/bin/python
 # Tests and the demo find git-annex (PyPI) and git-annex-remote-cluster here.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean
+.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean bench
 
 help:
 	@echo "make demo       set up and run a cluster demo on three local directories"
@@ -43,6 +43,9 @@ test: sysdeps-test venv lint
 
 test-full: sysdeps-test venv lint
 	$(PY) -m pytest
+
+bench: sysdeps-test venv
+	$(PY) bench/cluster_vs_native.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

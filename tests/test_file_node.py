@@ -324,7 +324,7 @@ def test_good_file_urls(url: str, root: str) -> None:
 
 def test_stale_tmp_of_dead_process_is_cleaned_others_kept(root: Path) -> None:
     """An interrupted store (process killed) leaves tmp/ debris; the next process removes it."""
-    from shared.nodes.file import _TMP_PREFIX
+    from shared.nodes.tmpnames import PREFIX as _TMP_PREFIX
 
     tmp = root / "tmp"
     tmp.mkdir(exist_ok=True)

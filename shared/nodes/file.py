@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import shutil
-import socket
 import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -29,11 +27,10 @@ from shared.errors import (
 )
 from shared.keys import Key
 from shared.nodes.base import CHEAP_COST, Node, Readable, Usage, Writable
+from shared.nodes.tmpnames import is_stale, new_tmp_name
 from shared.nodeurl import NodeSpec
 
 BLOCK = 1024 * 1024
-# Temp dirs name their host and pid, so a later process can tell abandoned ones.
-_TMP_PREFIX = f"cluster-{socket.gethostname().replace('-', '_')}-"
 
 
 def _translate(exc: OSError, node: str, what: str) -> NodeError:
@@ -124,7 +121,7 @@ class FileNode(Node):
             raise NoSpace(f"{size} bytes needed, {usage.free} free in {self.root}", self.name)
         name = key.file_name
         self._clean_stale_tmp()
-        tmpdir = self.root / "tmp" / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        tmpdir = self.root / "tmp" / new_tmp_name()
         try:
             tmpdir.mkdir(parents=True)
             written = 0
@@ -205,10 +202,7 @@ class FileNode(Node):
         except OSError:
             return
         for entry in entries:
-            pid_text = entry.name.removeprefix(_TMP_PREFIX).split("-", 1)[0]
-            if not entry.name.startswith(_TMP_PREFIX) or not pid_text.isdigit():
-                continue
-            if not _pid_alive(int(pid_text)):
+            if is_stale(entry.name):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
     def usage(self) -> Usage | None:
@@ -231,13 +225,3 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -12,10 +12,7 @@ reconnects), and the retry wrapper decides.
 from __future__ import annotations
 
 import errno
-import os
 import posixpath
-import secrets
-import socket
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -35,13 +32,13 @@ from shared.errors import (
 )
 from shared.keys import Key
 from shared.nodes.base import EXPENSIVE_COST, Node, Readable, Usage, Writable
+from shared.nodes.tmpnames import is_stale, new_tmp_name
 from shared.nodeurl import NodeSpec
 from shared.ssh import SSHConnection, SSHPool, SSHTarget, default_pool, is_connection_error
 
 BLOCK = 1024 * 1024
 READ_REQUEST = 32 * 1024  # SFTP read size every server accepts
 READ_WINDOW = 8 * 1024 * 1024  # bytes requested ahead while downloading: the memory bound
-_TMP_PREFIX = f"cluster-{socket.gethostname().replace('-', '_')}-"
 
 # Extended requests paramiko has no method for (OpenSSH protocol extensions).
 _CMD_EXTENDED = paramiko.sftp.CMD_EXTENDED
@@ -167,7 +164,7 @@ class SFTPNode(Node):
             except FileNotFoundError:
                 pass
             self._clean_stale_tmp(sftp)
-            tmpdir = self._path("tmp", f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
+            tmpdir = self._path("tmp", new_tmp_name())
             try:
                 _mkdir(sftp, tmpdir, parents=(self._path("tmp"),))
                 written = 0
@@ -262,19 +259,8 @@ class SFTPNode(Node):
         except OSError:
             return
         for entry in entries:
-            pid_text = entry.removeprefix(_TMP_PREFIX).split("-", 1)[0]
-            if entry.startswith(_TMP_PREFIX) and pid_text.isdigit() and not _alive(int(pid_text)):
+            if is_stale(entry):
                 _rmtree(sftp, self._path("tmp", entry))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _translate(exc: OSError, node: str, what: str) -> NodeError:

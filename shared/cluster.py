@@ -135,6 +135,8 @@ class Cluster:
         """Put the file on ``copies`` nodes in rendezvous order, spilling over past failed ones.
 
         The file is read once per wave and streamed to the wave's nodes in parallel.
+        Nodes that hold the key already say so without taking the data (there is no
+        separate presence check: git-annex has just asked CHECKPRESENT).
         Raises StoreFailed (carrying the outcome) when fewer than mincopies hold it.
         """
         size = os.path.getsize(path)
@@ -149,30 +151,14 @@ class Cluster:
                 candidates[: self.copies - outcome.copies],
                 candidates[self.copies - outcome.copies :],
             )
-            todo = self._store_precheck(key, wave, outcome)
-            if todo:
-                if progress is not None and sent:
-                    progress(-sent)  # this wave starts over from byte 0
-                sent = self._store_wave(key, path, size, todo, outcome, progress)
+            if progress is not None and sent:
+                progress(-sent)  # this wave starts over from byte 0
+            sent = self._store_wave(key, path, size, wave, outcome, progress)
         if outcome.copies < self.mincopies:
             for name in skipped:
                 outcome.failed.setdefault(name, "takes no new data (readonly, drain or weight 0)")
             raise StoreFailed(outcome, self.mincopies)
         return outcome
-
-    def _store_precheck(self, key: Key, wave: list[Node], outcome: StoreOutcome) -> list[Node]:
-        """Skip nodes that already hold the key, and nodes that are plainly unusable."""
-        futures = {n: self._pool.submit(n.present, key) for n in wave}
-        todo = []
-        for node, fut in futures.items():
-            try:
-                if fut.result() is not None:
-                    outcome.already.append(node.name)
-                else:
-                    todo.append(node)
-            except Exception as e:
-                outcome.failed[node.name] = _reason(e)
-        return todo
 
     def _store_wave(
         self,
@@ -185,8 +171,13 @@ class Cluster:
     ) -> int:
         """Stream the file to ``nodes``; return the bytes reported to ``progress``."""
 
+        wrote: dict[str, bool] = {}
+
         def consumer(node: Node) -> Callable[[QueueReader], None]:
-            return lambda reader: node.store(key, reader, size)
+            def store(reader: QueueReader) -> None:
+                wrote[node.name] = node.store(key, reader, size)
+
+            return store
 
         sent = 0
 
@@ -201,7 +192,7 @@ class Cluster:
         for node in nodes:
             err = results.get(node.name)
             if err is None:
-                outcome.stored.append(node.name)
+                (outcome.stored if wrote[node.name] else outcome.already).append(node.name)
             else:
                 outcome.failed[node.name] = _reason(err)
                 self._log(f"store {key}: node {node.name} failed: {outcome.failed[node.name]}")

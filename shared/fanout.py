@@ -82,8 +82,8 @@ def fan_out(
         except BaseException as e:
             err = e
         finally:
+            results[name] = err
             reader.drain()
-        results[name] = err
 
     own = executor is None
     pool = ThreadPoolExecutor(max_workers=max(1, len(consumers))) if own else executor
@@ -94,7 +94,8 @@ def fan_out(
             queues[name] = q
             done.append(pool.submit(run, name, fn, QueueReader(q)))
         try:
-            while block := source.read(BLOCK):
+            # Stop early once every consumer is finished (e.g. all held the key already).
+            while len(results) < len(queues) and (block := source.read(BLOCK)):
                 for q in queues.values():
                     q.put(block)
                 if on_bytes is not None:

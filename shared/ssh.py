@@ -183,7 +183,7 @@ class _ProxyCommand(paramiko.ProxyCommand):
         return self._done or self.process.poll() is not None
 
 
-class _SFTPClient(paramiko.SFTPClient):
+class SFTPSession(paramiko.SFTPClient):
     """paramiko's SFTPClient is not safe for concurrent requests: two threads' packets
     can interleave on the channel, and a reply that one thread reads for another's
     synchronous request is dropped (that thread then waits for its timeout). Here one
@@ -205,6 +205,21 @@ class _SFTPClient(paramiko.SFTPClient):
         if len(self._replies) > 1000:  # replies nobody waits for (async closes)
             self._replies.pop(next(iter(self._replies)))
         self._replies[num] = (t, msg)
+
+    def batch(self, requests: Sequence[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        """Send several requests before reading any reply: one round trip, not one each.
+
+        Each result is ``(reply type, message)``, or the OSError that request got;
+        the server handles requests in order, so later ones may rely on earlier ones.
+        """
+        nums = [self._async_request(type(None), kind, *args) for kind, args in requests]
+        results: list[Any] = []
+        for num in nums:
+            try:
+                results.append(self._read_response(num))
+            except OSError as e:
+                results.append(e)
+        return results
 
     def _adjust_cwd(self, path: str | bytes) -> bytes:
         """Key file names may hold non-UTF-8 bytes (surrogate-escaped str): send them as is."""
@@ -256,19 +271,19 @@ class SSHConnection:
         self.key = resolved.key
         self.transport = transport
         self.io_timeout = io_timeout
-        self._sftp: paramiko.SFTPClient | None = None
+        self._sftp: SFTPSession | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<SSHConnection {self.label} alive={self.alive()}>"
 
-    def sftp(self) -> paramiko.SFTPClient:
+    def sftp(self) -> SFTPSession:
         """The connection's one SFTP session (opened on first use, again if it closed)."""
         with self._lock:
             chan = self._sftp.get_channel() if self._sftp else None
             if self._sftp is None or chan is None or chan.closed:
                 try:
-                    client = _SFTPClient.from_transport(self.transport)
+                    client = SFTPSession.from_transport(self.transport)
                 except Exception as e:
                     raise translate_error(e, self.label, "sftp session on") from e
                 if client is None:

@@ -125,16 +125,15 @@ class FaultyNode(Node):
         self._raise_now(Call("present", str(key)))
         return self.inner.present(key)
 
-    def store(self, key: Key, source: Readable, size: int) -> None:
+    def store(self, key: Key, source: Readable, size: int) -> bool:
         fault = self._enter(Call("store", str(key)))
         if fault is None:
-            self.inner.store(key, source, size)
-        elif fault.after_bytes is None:
+            return self.inner.store(key, source, size)
+        if fault.after_bytes is None:
             raise self._make(fault, "store")
-        else:
-            self.inner.store(
-                key, _FailingSource(source, fault.after_bytes, self._make(fault, "store")), size
-            )
+        return self.inner.store(
+            key, _FailingSource(source, fault.after_bytes, self._make(fault, "store")), size
+        )
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         fault = self._enter(Call("retrieve", str(key), offset))

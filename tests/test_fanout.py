@@ -221,3 +221,32 @@ def test_on_bytes_counts_blocks_as_they_are_handed_out() -> None:
     sent: list[int] = []
     fan_out(io.BytesIO(data), {"c": Collector()}, sent.append)
     assert sent == [BLOCK, BLOCK, 1]
+
+
+def test_stops_reading_once_every_consumer_is_finished() -> None:
+    """Consumers that need no data (their node had the key) end the read early."""
+    finished = threading.Event()
+    reads = 0
+
+    class Source:
+        def read(self, n: int = -1, /) -> bytes:
+            nonlocal reads
+            reads += 1
+            if reads == 2:
+                assert finished.wait(10)  # both consumers are done before block 2 exists
+                time.sleep(0.2)  # and have reported their outcome
+            return b"x" * BLOCK if reads <= 10 else b""
+
+    done = 0
+    lock = threading.Lock()
+
+    def no_data_needed(reader: QueueReader) -> None:
+        nonlocal done
+        with lock:
+            done += 1
+            if done == 2:
+                finished.set()
+
+    results = fan_out(Source(), {"a": no_data_needed, "b": no_data_needed})  # type: ignore[arg-type]
+    assert results == {"a": None, "b": None}
+    assert reads <= 2

@@ -6,8 +6,10 @@ Contracts (the cluster and the conformance tests rely on them):
   the key is absent. Anything short of a confirmation raises ``Unavailable``:
   an unreachable node never looks like an empty one.
 - ``store(key, source, size)`` is atomic and idempotent: partial data is never
-  visible under the key's name, and storing a present key succeeds. It reads
-  ``source`` to EOF and refuses to commit if the byte count differs from ``size``.
+  visible under the key's name, and storing a present key succeeds without
+  reading ``source``. It returns True when it wrote the object, False when the
+  key was already there. It reads ``source`` to EOF and refuses to commit if the
+  byte count differs from ``size``.
 - ``retrieve(key, sink, offset)`` writes the object's bytes from ``offset`` to
   the end, sequentially, to ``sink``; ``NotFound`` when absent.
 - ``remove(key)`` succeeds when the key is absent afterwards, including when it
@@ -73,7 +75,7 @@ class Node(ABC):
     def present(self, key: Key) -> int | None: ...
 
     @abstractmethod
-    def store(self, key: Key, source: Readable, size: int) -> None: ...
+    def store(self, key: Key, source: Readable, size: int) -> bool: ...
 
     @abstractmethod
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None: ...

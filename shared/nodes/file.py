@@ -113,9 +113,9 @@ class FileNode(Node):
         found = self._find(key)
         return None if found is None else found[1]
 
-    def store(self, key: Key, source: Readable, size: int) -> None:
+    def store(self, key: Key, source: Readable, size: int) -> bool:
         if self._find(key) is not None:
-            return
+            return False
         usage = self.usage()
         if usage is not None and usage.free < size:
             raise NoSpace(f"{size} bytes needed, {usage.free} free in {self.root}", self.name)
@@ -155,6 +155,7 @@ class FileNode(Node):
             raise _translate(e, self.name, f"storing {key} in {self.root}") from e
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
+        return True
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         found = self._find(key)

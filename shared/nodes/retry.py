@@ -110,10 +110,10 @@ class RetryingNode(Node):
     def present(self, key: Key) -> int | None:
         return self._call(lambda: self.inner.present(key))
 
-    def store(self, key: Key, source: Readable, size: int) -> None:
+    def store(self, key: Key, source: Readable, size: int) -> bool:
         self._guard()
         try:
-            self.inner.store(key, source, size)
+            return self.inner.store(key, source, size)
         except Exception as e:
             if is_transient(e):
                 self._mark_down(e)

@@ -34,10 +34,20 @@ from shared.keys import Key
 from shared.nodes.base import EXPENSIVE_COST, Node, Readable, Usage, Writable
 from shared.nodes.tmpnames import is_stale, new_tmp_name
 from shared.nodeurl import NodeSpec
-from shared.ssh import SSHConnection, SSHPool, SSHTarget, default_pool, is_connection_error
+from shared.ssh import (
+    SFTPSession,
+    SSHConnection,
+    SSHPool,
+    SSHTarget,
+    default_pool,
+    is_connection_error,
+)
 
 BLOCK = 1024 * 1024
-READ_REQUEST = 32 * 1024  # SFTP read size every server accepts
+# SFTP request sizes: a request (or its reply) plus its header must fit in one SSH
+# channel packet (32 KiB minus 64 bytes of framing on OpenSSH), or each one costs two.
+WRITE_REQUEST = 32 * 1024 - 64 - 64
+READ_REQUEST = 32 * 1024 - 64 - 64
 READ_WINDOW = 8 * 1024 * 1024  # bytes requested ahead while downloading: the memory bound
 
 # Extended requests paramiko has no method for (OpenSSH protocol extensions).
@@ -89,7 +99,7 @@ class SFTPNode(Node):
         return self._pool
 
     @contextmanager
-    def _sftp(self, what: str) -> Iterator[paramiko.SFTPClient]:
+    def _sftp(self, what: str) -> Iterator[SFTPSession]:
         """An SFTP session; errors leave as our types, naming the node and the operation."""
         conn: SSHConnection | None = None
         try:
@@ -121,31 +131,43 @@ class SFTPNode(Node):
             self._path(key.hashdirmixed, name, name),
         ]
 
-    def _check_root(self, sftp: paramiko.SFTPClient) -> None:
-        try:
-            st = sftp.stat(self.root)
-        except OSError as e:
-            raise Unavailable(
+    def _root_problem(self, result: Any) -> Unavailable | None:
+        """Why the node directory cannot be used, from the reply to a stat of it."""
+        if isinstance(result, OSError):
+            return Unavailable(
                 f"directory {self.root} on {self.target} is not accessible "
-                f"({e.strerror or e}); create it or fix the URL",
+                f"({result.strerror or result}); create it or fix the URL",
                 self.name,
-            ) from e
-        if st.st_mode is not None and not stat.S_ISDIR(st.st_mode):
-            raise Unavailable(f"{self.root} on {self.target} is not a directory", self.name)
+            )
+        mode = _attrs(result).st_mode
+        if mode is not None and not stat.S_ISDIR(mode):
+            return Unavailable(f"{self.root} on {self.target} is not a directory", self.name)
+        return None
 
     def check(self) -> None:
         with self._sftp("checking the node") as sftp:
-            self._check_root(sftp)
+            problem = self._root_problem(sftp.batch([_stat(sftp, self.root)])[0])
+        if problem:
+            raise problem
 
-    def _find(self, sftp: paramiko.SFTPClient, key: Key) -> tuple[str, int] | None:
-        for p in self._candidates(key):
-            try:
-                st = sftp.stat(p)
-            except FileNotFoundError:
+    def _find(self, sftp: SFTPSession, key: Key) -> tuple[str, int] | None:
+        """Where the key is and its size, or None: one round trip for all three stats.
+
+        The node directory is asked about too: absence is only proven while it is there.
+        """
+        paths = self._candidates(key)
+        replies = sftp.batch([_stat(sftp, p) for p in (*paths, self.root)])
+        for path, reply in zip(paths, replies, strict=False):
+            if isinstance(reply, FileNotFoundError):
                 continue
-            if st.st_mode is not None and stat.S_ISREG(st.st_mode):
-                return p, st.st_size or 0
-        self._check_root(sftp)  # absence is only proven while the node directory is there
+            if isinstance(reply, OSError):
+                raise reply
+            attrs = _attrs(reply)
+            if attrs.st_mode is not None and stat.S_ISREG(attrs.st_mode):
+                return path, attrs.st_size or 0
+        problem = self._root_problem(replies[-1])
+        if problem:
+            raise problem
         return None
 
     # -- Node interface -----------------------------------------------------
@@ -155,21 +177,33 @@ class SFTPNode(Node):
             found = self._find(sftp, key)
         return None if found is None else found[1]
 
-    def store(self, key: Key, source: Readable, size: int) -> None:
+    def store(self, key: Key, source: Readable, size: int) -> bool:
         name = key.file_name
+        final = self._path(key.hashdirlower, name)  # the key directory
+        hashdirs = (posixpath.dirname(posixpath.dirname(final)), posixpath.dirname(final))
         with self._sftp(f"storing {key}") as sftp:
-            try:
-                sftp.stat(self._candidates(key)[0])
-                return  # already there (idempotent store); the source is left unread
-            except FileNotFoundError:
-                pass
             self._clean_stale_tmp(sftp)
             tmpdir = self._path("tmp", new_tmp_name())
+            # One round trip: is it there already, and make the directories this store needs
+            # (the server runs them in order; "exists" answers are expected and ignored).
+            present, _, made_tmp, *_ = sftp.batch(
+                [
+                    _stat(sftp, posixpath.join(final, name)),
+                    _mkdir(sftp, self._path("tmp")),
+                    _mkdir(sftp, tmpdir),
+                    *(_mkdir(sftp, d) for d in hashdirs),
+                ]
+            )
+            if not isinstance(present, OSError) and stat.S_ISREG(_attrs(present).st_mode or 0):
+                _discard(sftp, tmpdir, name)
+                return False  # already there (idempotent store); the source is left unread
+            if isinstance(made_tmp, OSError):
+                raise self._root_problem(sftp.batch([_stat(sftp, self.root)])[0]) or made_tmp
             try:
-                _mkdir(sftp, tmpdir, parents=(self._path("tmp"),))
                 written = 0
                 with sftp.open(posixpath.join(tmpdir, name), "wb") as out:
                     out.set_pipelined(True)
+                    out.MAX_REQUEST_SIZE = WRITE_REQUEST
                     while block := source.read(BLOCK):
                         out.write(block)
                         written += len(block)
@@ -179,33 +213,32 @@ class SFTPNode(Node):
                         )
                     out.flush()
                     _fsync(sftp, out)
-                final = self._path(key.hashdirlower, name)
                 try:
                     sftp.rename(tmpdir, final)
-                except FileNotFoundError:
-                    hashdir = posixpath.dirname(final)
-                    _mkdir(sftp, hashdir, parents=(posixpath.dirname(hashdir),))
-                    self._rename_into_place(sftp, key, tmpdir, final)
                 except OSError:
-                    self._rename_into_place(sftp, key, tmpdir, final)
+                    self._rename_into_place(sftp, key, tmpdir, final, hashdirs)
                 tmpdir = ""
             finally:
                 if tmpdir:
                     _discard(sftp, tmpdir, name)
+        return True
 
     def _rename_into_place(
-        self, sftp: paramiko.SFTPClient, key: Key, tmpdir: str, final: str
+        self, sftp: SFTPSession, key: Key, tmpdir: str, final: str, hashdirs: tuple[str, str]
     ) -> None:
-        try:
-            sftp.rename(tmpdir, final)
-        except OSError:
-            # The key directory exists: another writer finished first (its object was
-            # renamed in whole), or an empty directory is left from a removal.
-            if self._find(sftp, key) is not None:
-                _discard(sftp, tmpdir, key.file_name)
-                return
-            sftp.rmdir(final)  # only an empty directory goes; anything else is an error
-            sftp.rename(tmpdir, final)
+        """The rename failed: another writer finished first (its object was renamed in
+        whole), an empty key directory is left from a removal, or the hash directories
+        were removed meanwhile."""
+        if self._find(sftp, key) is not None:
+            _discard(sftp, tmpdir, key.file_name)
+            return
+        sftp.batch(
+            [
+                *(_mkdir(sftp, d) for d in hashdirs),
+                (paramiko.sftp.CMD_RMDIR, (sftp._adjust_cwd(final),)),
+            ]
+        )
+        sftp.rename(tmpdir, final)
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         with self._sftp(f"reading {key}") as sftp:
@@ -249,7 +282,7 @@ class SFTPNode(Node):
     def close(self) -> None:
         pass  # connections belong to the pool, shared with other nodes on the same host
 
-    def _clean_stale_tmp(self, sftp: paramiko.SFTPClient) -> None:
+    def _clean_stale_tmp(self, sftp: SFTPSession) -> None:
         """Remove temp dirs of interrupted stores from this host whose process is gone."""
         if self._tmp_checked:
             return
@@ -274,34 +307,22 @@ def _translate(exc: OSError, node: str, what: str) -> NodeError:
     return Unavailable(detail, node)
 
 
-def _mkdir(sftp: paramiko.SFTPClient, path: str, parents: tuple[str, ...] = ()) -> None:
-    """mkdir that tolerates existing directories and creates the given parents on demand."""
-    try:
-        sftp.mkdir(path)
-        return
-    except FileNotFoundError:
-        for parent in parents:
-            _mkdir(sftp, parent)
-    except OSError:
-        if _is_dir(sftp, path):
-            return
-        raise
-    try:
-        sftp.mkdir(path)
-    except OSError:
-        if not _is_dir(sftp, path):
-            raise
+def _stat(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
+    return paramiko.sftp.CMD_STAT, (sftp._adjust_cwd(path),)
 
 
-def _is_dir(sftp: paramiko.SFTPClient, path: str) -> bool:
-    try:
-        mode = sftp.stat(path).st_mode
-    except OSError:
-        return False
-    return mode is not None and stat.S_ISDIR(mode)
+def _mkdir(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
+    return paramiko.sftp.CMD_MKDIR, (sftp._adjust_cwd(path), paramiko.SFTPAttributes())
 
 
-def _rmtree(sftp: paramiko.SFTPClient, path: str) -> None:
+def _attrs(reply: Any) -> paramiko.SFTPAttributes:
+    kind, msg = reply
+    if kind != paramiko.sftp.CMD_ATTRS:
+        raise paramiko.SFTPError(f"expected attributes, got reply type {kind}")
+    return cast(paramiko.SFTPAttributes, cast(Any, paramiko.SFTPAttributes)._from_msg(msg))
+
+
+def _rmtree(sftp: SFTPSession, path: str) -> None:
     """Best-effort recursive removal of our own temp or empty key directories."""
     try:
         entries = sftp.listdir_attr(path)
@@ -318,21 +339,21 @@ def _rmtree(sftp: paramiko.SFTPClient, path: str) -> None:
         sftp.rmdir(path)
 
 
-def _discard(sftp: paramiko.SFTPClient, tmpdir: str, name: str) -> None:
+def _discard(sftp: SFTPSession, tmpdir: str, name: str) -> None:
     """Remove our temp directory by its known content (listing could fail on odd names)."""
     for path, remove in ((posixpath.join(tmpdir, name), sftp.remove), (tmpdir, sftp.rmdir)):
         with suppress(OSError):
             remove(path)
 
 
-def _fsync(sftp: paramiko.SFTPClient, f: paramiko.SFTPFile) -> None:
+def _fsync(sftp: SFTPSession, f: paramiko.SFTPFile) -> None:
     """Ask the server to make the data durable before it becomes visible under the key."""
     # A server without the extension refuses; the rename still keeps partial data invisible.
     with suppress(OSError):
         _extended(sftp, "fsync@openssh.com", f.handle)
 
 
-def _extended(sftp: paramiko.SFTPClient, name: str, arg: object) -> paramiko.Message | None:
+def _extended(sftp: SFTPSession, name: str, arg: object) -> paramiko.Message | None:
     """An OpenSSH extended request; paramiko has no public method for these."""
     kind, msg = cast(Any, sftp)._request(_CMD_EXTENDED, name, arg)
     return msg if kind == paramiko.sftp.CMD_EXTENDED_REPLY else None

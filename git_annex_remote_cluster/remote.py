@@ -25,7 +25,8 @@ from shared.nodeurl import parse_node_list
 
 CONFIGS = {
     "nodes": "the cluster's nodes, whitespace-separated NAME=URL entries "
-    "(file:///abs/path[?cost=N&weight=W&state=active|readonly|drain])",
+    "(file:///abs/path or sftp://[user@]host[:port]/path, with optional "
+    "?cost=N&weight=W&state=active|readonly|drain)",
     "copies": "how many nodes hold each key (default: all nodes)",
     "mincopies": "how many nodes must store a key for a store to succeed (default: copies)",
 }

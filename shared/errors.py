@@ -6,6 +6,8 @@ Callers decide on retries and on what to tell git-annex from the type alone;
 
 from __future__ import annotations
 
+import errno
+
 
 class ClusterError(Exception):
     """Base of every error this project raises on purpose."""
@@ -54,3 +56,15 @@ class IntegrityError(NodeError):
 def is_transient(exc: BaseException) -> bool:
     """Whether trying again later might succeed."""
     return isinstance(exc, Unavailable)
+
+
+def from_oserror(exc: OSError, node: str, what: str) -> NodeError:
+    """Translate a filesystem error (local, or an SFTP status) at a backend's edge."""
+    detail = f"{what}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(detail, node)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(detail, node)
+    if exc.errno == errno.ENOENT:
+        return NotFound(detail, node)
+    return Unavailable(detail, node)

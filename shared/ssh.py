@@ -29,7 +29,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -220,6 +221,40 @@ class SFTPSession(paramiko.SFTPClient):
             except OSError as e:
                 results.append(e)
         return results
+
+    def read_stream(
+        self, handle: bytes, offset: int, end: int, request: int, depth: int
+    ) -> Iterator[bytes]:
+        """Read [offset, end) of an open file with ``depth`` requests in flight.
+
+        paramiko's readv/prefetch was slow here and let memory grow well past its
+        window; this keeps at most depth * request bytes outstanding.
+        """
+        pending: deque[tuple[int, int, int]] = deque()  # (request id, offset, length)
+        pos = offset
+        while pos < end or pending:
+            while pos < end and len(pending) < depth:
+                n = min(request, end - pos)
+                num = self._async_request(
+                    type(None), paramiko.sftp.CMD_READ, handle, paramiko.sftp.int64(pos), n
+                )
+                pending.append((num, pos, n))
+                pos += n
+            num, at, n = pending.popleft()
+            kind, msg = self._read_response(num)
+            if kind != paramiko.sftp.CMD_DATA:
+                raise paramiko.SFTPError(f"expected data, got reply type {kind}")
+            data: bytes = msg.get_string()
+            if len(data) != n:  # a short read: settle what is in flight, then ask again
+                for later, _, _ in pending:
+                    with contextlib.suppress(OSError, EOFError):
+                        self._read_response(later)
+                if not data:
+                    raise EOFError(f"file ended at byte {at} of {end}")
+                yield data
+                yield from self.read_stream(handle, at + len(data), end, request, depth)
+                return
+            yield data
 
     def _adjust_cwd(self, path: str | bytes) -> bytes:
         """Key file names may hold non-UTF-8 bytes (surrogate-escaped str): send them as is."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,8 @@ def sftp_node(pool: SSHPool, root: Path, name: str = "s") -> SFTPNode:
 
 
 class TestSFTPNodeConformance(NodeConformance):
+    """Downloads through an exec channel (the default where the host allows it)."""
+
     @pytest.fixture
     def make_node(self, tmp_path: Path, pool: SSHPool) -> NodeFactory:
         root = tmp_path / "node"
@@ -45,6 +47,51 @@ class TestSFTPNodeConformance(NodeConformance):
         assert isinstance(node, SFTPNode)
         tmp = Path(node.root) / "tmp"
         return sorted(os.listdir(tmp)) if tmp.exists() else []
+
+
+class TestSFTPOnlyNodeConformance(TestSFTPNodeConformance):
+    """Downloads over SFTP alone, as on an sftp-only account."""
+
+    @pytest.fixture
+    def make_node(self, tmp_path: Path, pool: SSHPool) -> NodeFactory:
+        root = tmp_path / "node"
+        root.mkdir()
+
+        def make() -> SFTPNode:
+            node = sftp_node(pool, root)
+            node._exec_ok = False
+            return node
+
+        return make
+
+
+def test_exec_probe_refuses_noisy_login_and_falls_back(
+    tmp_path: Path, sshd_factory: SSHDFactory, ssh_client_key: Path
+) -> None:
+    """A login script printing to stdout would corrupt streamed downloads: SFTP is used."""
+    home = tmp_path / "home"
+    server = sshd_factory("noisy")
+    ssh_config_for(home, {"noisy": server}, ssh_client_key)
+    pool = SSHPool(config_file=str(home / ".ssh" / "config"), io_timeout=10, attempts=1)
+    root = tmp_path / "n"
+    root.mkdir()
+    node = SFTPNode(parse_node(f"s=sftp://noisy{root}"), pool=pool)
+    data = payload(300_000)
+    key = make_key(data)
+    node.store(key, io.BytesIO(data), len(data))
+    real_run = pool.connection(node.target).run
+
+    def noisy_run(
+        argv: Sequence[str], input: bytes | None = None, timeout: float | None = None
+    ) -> tuple[int, bytes, bytes]:
+        status, out, err = real_run(argv, input, timeout)
+        return status, b"Welcome!\n" + out, err  # what a chatty .bashrc does
+
+    pool.connection(node.target).run = noisy_run  # type: ignore[method-assign]
+    sink = io.BytesIO()
+    node.retrieve(key, sink, 1000)
+    assert sink.getvalue() == data[1000:] and node._exec_ok is False
+    pool.close()
 
 
 def test_layout_matches_file_nodes(tmp_path: Path, pool: SSHPool) -> None:

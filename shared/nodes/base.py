@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
+from shared.errors import IntegrityError
 from shared.keys import Key
 from shared.nodeurl import NodeSpec
 
@@ -36,7 +37,20 @@ class Readable(Protocol):
 
 
 class Writable(Protocol):
-    def write(self, data: bytes, /) -> int: ...
+    def write(self, data: bytes, /) -> object: ...
+
+
+BLOCK = 1024 * 1024
+
+
+def copy_exact(source: Readable, out: Writable, size: int, key: Key, node: str) -> None:
+    """Copy ``source`` to EOF into ``out``; refuse, before any commit, unless it was ``size``."""
+    written = 0
+    while block := source.read(BLOCK):
+        out.write(block)
+        written += len(block)
+    if written != size:
+        raise IntegrityError(f"received {written} bytes for {key}, expected {size}", node)
 
 
 @dataclass(frozen=True)

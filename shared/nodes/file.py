@@ -18,31 +18,16 @@ from urllib.parse import unquote, urlsplit
 
 from shared.errors import (
     ConfigError,
-    IntegrityError,
-    NodeError,
     NoSpace,
     NotFound,
     PermissionDenied,
     Unavailable,
+    from_oserror,
 )
 from shared.keys import Key
-from shared.nodes.base import CHEAP_COST, Node, Readable, Usage, Writable
+from shared.nodes.base import BLOCK, CHEAP_COST, Node, Readable, Usage, Writable, copy_exact
 from shared.nodes.tmpnames import is_stale, new_tmp_name
 from shared.nodeurl import NodeSpec
-
-BLOCK = 1024 * 1024
-
-
-def _translate(exc: OSError, node: str, what: str) -> NodeError:
-    """Map an OSError onto our flat error types, with a message that says where."""
-    detail = f"{what}: {exc.strerror or exc}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(detail, node)
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(detail, node)
-    if exc.errno == errno.ENOENT:
-        return NotFound(detail, node)
-    return Unavailable(detail, node)
 
 
 class FileNode(Node):
@@ -124,18 +109,8 @@ class FileNode(Node):
         tmpdir = self.root / "tmp" / new_tmp_name()
         try:
             tmpdir.mkdir(parents=True)
-            written = 0
             with open(tmpdir / name, "xb") as out:
-                while True:
-                    block = source.read(BLOCK)
-                    if not block:
-                        break
-                    out.write(block)
-                    written += len(block)
-                if written != size:
-                    raise IntegrityError(
-                        f"received {written} bytes for {key}, expected {size}", self.name
-                    )
+                copy_exact(source, out, size, key, self.name)
                 out.flush()
                 os.fsync(out.fileno())
             os.chmod(tmpdir / name, 0o444)
@@ -152,7 +127,7 @@ class FileNode(Node):
             else:
                 _fsync_dir(final.parent)
         except OSError as e:
-            raise _translate(e, self.name, f"storing {key} in {self.root}") from e
+            raise from_oserror(e, self.name, f"storing {key} in {self.root}") from e
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         return True
@@ -168,7 +143,7 @@ class FileNode(Node):
                 while block := src.read(BLOCK):
                     sink.write(block)
         except OSError as e:
-            raise _translate(e, self.name, f"reading {path}") from e
+            raise from_oserror(e, self.name, f"reading {path}") from e
 
     def remove(self, key: Key) -> None:
         self.check()
@@ -185,7 +160,7 @@ class FileNode(Node):
             except FileNotFoundError:
                 pass  # removed concurrently: absent is what we want
             except OSError as e:
-                raise _translate(e, self.name, f"removing {p}") from e
+                raise from_oserror(e, self.name, f"removing {p}") from e
         if self._find(key) is not None:
             raise PermissionDenied(f"{key} is still present after removal", self.name)
 

@@ -12,8 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import Client, Repo, make_repo, nodes_param
+from conftest import Client, Repo, make_repo, nodes_param
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import Client, Repo, make_repo
 from sshd import SSHD, SSHDFactory, ssh_config_for
 from test_e2e_file_cluster import init_cluster, objects_in, summary_of_testremote
 
 from shared.keys import Key
 from shared.placement import rendezvous_order
-from tests.conftest import Client, Repo, make_repo
 
 pytestmark = pytest.mark.timeout(600)
 HOSTS = ("h1", "h2", "h3")

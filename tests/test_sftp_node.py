@@ -11,6 +11,7 @@ import pytest
 from node_conformance import NodeConformance, NodeFactory, make_key, payload
 from sshd import SSHDFactory, ssh_config_for
 
+import shared.nodes.sftp as sftp_module
 from shared.errors import ConfigError, Unavailable
 from shared.nodes.base import Node
 from shared.nodes.retry import RetryingNode
@@ -35,10 +36,14 @@ def sftp_node(pool: SSHPool, root: Path, name: str = "s") -> SFTPNode:
 
 
 class TestSFTPNodeConformance(NodeConformance):
-    """Downloads through an exec channel (the default where the host allows it)."""
+    """Downloads through an exec channel (used for long reads where the host allows it);
+    the threshold is lowered so that every download here takes that path."""
 
     @pytest.fixture
-    def make_node(self, tmp_path: Path, pool: SSHPool) -> NodeFactory:
+    def make_node(
+        self, tmp_path: Path, pool: SSHPool, monkeypatch: pytest.MonkeyPatch
+    ) -> NodeFactory:
+        monkeypatch.setattr(sftp_module, "EXEC_MIN", 1)
         root = tmp_path / "node"
         root.mkdir()
         return lambda: sftp_node(pool, root)
@@ -53,7 +58,9 @@ class TestSFTPOnlyNodeConformance(TestSFTPNodeConformance):
     """Downloads over SFTP alone, as on an sftp-only account."""
 
     @pytest.fixture
-    def make_node(self, tmp_path: Path, pool: SSHPool) -> NodeFactory:
+    def make_node(
+        self, tmp_path: Path, pool: SSHPool, monkeypatch: pytest.MonkeyPatch
+    ) -> NodeFactory:
         root = tmp_path / "node"
         root.mkdir()
 
@@ -66,7 +73,10 @@ class TestSFTPOnlyNodeConformance(TestSFTPNodeConformance):
 
 
 def test_exec_probe_refuses_noisy_login_and_falls_back(
-    tmp_path: Path, sshd_factory: SSHDFactory, ssh_client_key: Path
+    tmp_path: Path,
+    sshd_factory: SSHDFactory,
+    ssh_client_key: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A login script printing to stdout would corrupt streamed downloads: SFTP is used."""
     home = tmp_path / "home"
@@ -79,6 +89,7 @@ def test_exec_probe_refuses_noisy_login_and_falls_back(
     data = payload(300_000)
     key = make_key(data)
     node.store(key, io.BytesIO(data), len(data))
+    monkeypatch.setattr(sftp_module, "EXEC_MIN", 1)
     real_run = pool.connection(node.target).run
 
     def noisy_run(
@@ -175,3 +186,16 @@ def test_open_node_wraps_sftp_in_retries() -> None:
     from shared.nodes import open_node
 
     assert isinstance(open_node(parse_node("n=sftp://h/x")), RetryingNode)
+
+
+def test_short_reads_do_not_start_remote_commands(tmp_path: Path, pool: SSHPool) -> None:
+    """Small objects are read over SFTP: an exec would start a login shell per file."""
+    root = tmp_path / "n"
+    root.mkdir()
+    node = sftp_node(pool, root)
+    data = payload(100_000)
+    key = make_key(data)
+    node.store(key, io.BytesIO(data), len(data))
+    sink = io.BytesIO()
+    node.retrieve(key, sink)
+    assert sink.getvalue() == data and node._exec_ok is None  # never probed

@@ -48,6 +48,7 @@ WRITE_REQUEST = 32 * 1024 - 64 - 64
 READ_REQUEST = 32 * 1024 - 64 - 64
 READ_DEPTH = 64  # SFTP read requests in flight: about 2 MiB ahead, the memory bound
 EXEC_READ = 1024 * 1024
+EXEC_MIN = 32 * 1024 * 1024  # reads this long go through an exec channel where allowed
 _PROBE = "git-annex-remote-cluster exec probe"
 
 # Extended requests paramiko has no method for (OpenSSH protocol extensions).
@@ -242,7 +243,9 @@ class SFTPNode(Node):
             path, size = found
             if offset >= size:
                 return
-            if _is_utf8(path) and self._exec_usable():  # a command line is text
+            # Each exec starts a login shell on the host (tens to hundreds of ms), so
+            # only long reads stream that way; a command line is text, hence UTF-8.
+            if size - offset >= EXEC_MIN and _is_utf8(path) and self._exec_usable():
                 self._retrieve_exec(path, size, offset, sink)
                 return
             with sftp.open(path, "rb") as src:

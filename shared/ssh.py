@@ -394,6 +394,8 @@ class SSHConnection:
 class _Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)
     conn: SSHConnection | None = None
+    failed_until: float = 0.0  # after a connect used up its retries: fail at once until then
+    failure: str = ""
 
 
 class SSHPool:
@@ -407,8 +409,13 @@ class SSHPool:
         io_timeout: float = 60.0,
         keepalive: float = 15.0,
         attempts: int = 3,
+        failure_memo: float = 10.0,
     ) -> None:
+        """``failure_memo``: after a host could not be reached (all attempts), further
+        requests to it fail at once for this long, so callers that retry on their own
+        do not multiply the connect timeouts."""
         self.config_file = config_file
+        self.failure_memo = failure_memo
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
         self.keepalive = keepalive
@@ -501,18 +508,31 @@ class SSHPool:
             if slot.conn is not None:
                 slot.conn.close()
                 slot.conn = None
-            if retry:
-                retrying = tenacity.Retrying(
-                    stop=tenacity.stop_after_attempt(max(1, self.attempts)),
-                    wait=tenacity.wait_exponential(multiplier=0.1, max=2.0)
-                    + tenacity.wait_random(0, 0.1),
-                    retry=tenacity.retry_if_exception(is_connection_error),
-                    reraise=True,
-                )
-                slot.conn = retrying(self._connect, r, (*chain, r.key))
-            else:
-                slot.conn = self._connect(r, (*chain, r.key))
+            if time.monotonic() < slot.failed_until:
+                raise Unavailable(f"{slot.failure} (not retried for a few seconds)")
+            try:
+                slot.conn = self._connect_retrying(r, retry, chain)
+            except Exception as e:
+                if is_connection_error(e):
+                    slot.failed_until = time.monotonic() + self.failure_memo
+                    slot.failure = str(e)
+                raise
+            slot.failed_until = 0.0
             return slot.conn
+
+    def _connect_retrying(
+        self, r: _Resolved, retry: bool, chain: tuple[tuple[str, str, int, str], ...]
+    ) -> SSHConnection:
+        if retry:
+            retrying = tenacity.Retrying(
+                stop=tenacity.stop_after_attempt(max(1, self.attempts)),
+                wait=tenacity.wait_exponential(multiplier=0.1, max=2.0)
+                + tenacity.wait_random(0, 0.1),
+                retry=tenacity.retry_if_exception(is_connection_error),
+                reraise=True,
+            )
+            return retrying(self._connect, r, (*chain, r.key))
+        return self._connect(r, (*chain, r.key))
 
     def _connect(self, r: _Resolved, chain: tuple[tuple[str, str, int, str], ...]) -> SSHConnection:
         timeout = float(r.options.get("connecttimeout", self.connect_timeout))

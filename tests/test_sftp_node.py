@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.timeout(120)
 def pool(tmp_path: Path, sshd_factory: SSHDFactory, ssh_client_key: Path) -> Iterator[SSHPool]:
     home = tmp_path / "home"
     ssh_config_for(home, {"nodehost": sshd_factory("nodehost")}, ssh_client_key)
-    p = SSHPool(config_file=str(home / ".ssh" / "config"), io_timeout=10, attempts=1)
+    p = SSHPool(
+        config_file=str(home / ".ssh" / "config"), io_timeout=10, attempts=1, failure_memo=0.5
+    )
     yield p
     p.close()
 
@@ -139,6 +142,7 @@ def test_host_down_is_unavailable_and_recovers(
             node.present(key)
     finally:
         sshd_factory("nodehost")  # started again on the same port
+    time.sleep(0.6)  # past the pool's failure memo
     assert node.present(key) == len(data)
 
 

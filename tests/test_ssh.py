@@ -35,7 +35,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def pool() -> Iterator[SSHPool]:
-    pool = SSHPool(connect_timeout=3, io_timeout=3, keepalive=5, attempts=2)
+    pool = SSHPool(connect_timeout=3, io_timeout=3, keepalive=5, attempts=2, failure_memo=0.5)
     yield pool
     pool.close()
 
@@ -203,7 +203,12 @@ def test_stopped_host_is_unavailable_then_reconnects(
     with pytest.raises(Unavailable, match=rf"root@127.0.0.1:{own_sshd.port}.*refused"):
         pool.connection(target)
     assert time.monotonic() - start < 3
+    # Within the failure memo the host is not tried again (callers that retry on
+    # their own must not multiply connect timeouts).
+    with pytest.raises(Unavailable, match="not retried for a few seconds"):
+        pool.connection(target)
     own_sshd.start()
+    time.sleep(0.6)  # the memo has expired
     again = pool.connection(target)
     assert again is not conn and again.run(["echo", "back"]) == (0, b"back\n", b"")
 

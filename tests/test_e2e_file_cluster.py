@@ -68,6 +68,7 @@ def test_testremote_fast(repo: Repo, node_dirs: list[Path], crypto: tuple[str, .
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_testremote_full(repo: Repo, node_dirs: list[Path]) -> None:
     """The full matrix (573 cases): testremote itself varies encryption (none, shared)
     and chunk size (none, size/1000, size/100, size) around the remote's config."""

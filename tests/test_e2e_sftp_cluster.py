@@ -110,6 +110,7 @@ def test_testremote_fast(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # thousands of chunk round trips over three ssh hosts
 def test_testremote_full(repo: Repo, cluster: SFTPCluster) -> None:
     init_cluster(repo, cluster.nodes, "copies=2", "encryption=none")
     proc = repo.annex("testremote", "cl", check=False, timeout=3600)

@@ -227,12 +227,8 @@ class SFTPNode(Node):
         if self._find(sftp, key) is not None:
             _discard(sftp, tmpdir, key.file_name)
             return
-        sftp.batch(
-            [
-                *(_mkdir(sftp, d) for d in hashdirs),
-                (paramiko.sftp.CMD_RMDIR, (sftp._adjust_cwd(final),)),
-            ]
-        )
+        # Recreate the hash directories; remove the key directory only if it is empty.
+        sftp.batch([*(_mkdir(sftp, d) for d in hashdirs), _rmdir(sftp, final)])
         sftp.rename(tmpdir, final)
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
@@ -344,6 +340,10 @@ def _stat(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
 
 def _mkdir(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
     return paramiko.sftp.CMD_MKDIR, (sftp._adjust_cwd(path), paramiko.SFTPAttributes())
+
+
+def _rmdir(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
+    return paramiko.sftp.CMD_RMDIR, (sftp._adjust_cwd(path),)
 
 
 def _attrs(reply: Any) -> paramiko.SFTPAttributes:

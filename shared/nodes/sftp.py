@@ -30,7 +30,7 @@ from shared.errors import (
     from_oserror,
 )
 from shared.keys import Key
-from shared.nodes.base import EXPENSIVE_COST, Node, Readable, Usage, Writable, copy_exact
+from shared.nodes.base import BLOCK, EXPENSIVE_COST, Node, Readable, Usage, Writable
 from shared.nodes.tmpnames import is_stale, new_tmp_name
 from shared.nodeurl import NodeSpec
 from shared.ssh import (
@@ -45,6 +45,7 @@ from shared.ssh import (
 # SFTP request sizes: a request (or its reply) plus its header must fit in one SSH
 # channel packet (32 KiB minus 64 bytes of framing on OpenSSH), or each one costs two.
 WRITE_REQUEST = 32 * 1024 - 64 - 64
+WRITE_DEPTH = 64  # SFTP write requests unanswered: about 2 MiB in flight
 READ_REQUEST = 32 * 1024 - 64 - 64
 READ_DEPTH = 64  # SFTP read requests in flight: about 2 MiB ahead, the memory bound
 EXEC_READ = 1024 * 1024
@@ -180,40 +181,53 @@ class SFTPNode(Node):
         return None if found is None else found[1]
 
     def store(self, key: Key, source: Readable, size: int) -> bool:
+        """Three round trips whatever the size (they dominate small objects on a WAN):
+        check and prepare; write, fsync and close; rename into place."""
         name = key.file_name
         final = self._path(key.hashdirlower, name)  # the key directory
         hashdirs = (posixpath.dirname(posixpath.dirname(final)), posixpath.dirname(final))
         with self._sftp(f"storing {key}") as sftp:
             self._clean_stale_tmp(sftp)
             tmpdir = self._path("tmp", new_tmp_name())
-            # One round trip: is it there already, and make the directories this store needs
-            # (the server runs them in order; "exists" answers are expected and ignored).
-            present, _, made_tmp, *_ = sftp.batch(
+            # Is it there already; make the directories this store needs; open the temp
+            # file. The server runs them in order; "exists" answers are expected.
+            present, _, made_tmp, *_, opened = sftp.batch(
                 [
                     _stat(sftp, posixpath.join(final, name)),
                     _mkdir(sftp, self._path("tmp")),
                     _mkdir(sftp, tmpdir),
                     *(_mkdir(sftp, d) for d in hashdirs),
+                    _open_new(sftp, posixpath.join(tmpdir, name)),
                 ]
             )
-            if not isinstance(present, OSError) and stat.S_ISREG(_attrs(present).st_mode or 0):
-                _discard(sftp, tmpdir, name)
-                return False  # already there (idempotent store); the source is left unread
-            if isinstance(made_tmp, OSError):
-                raise self._root_problem(sftp.batch([_stat(sftp, self.root)])[0]) or made_tmp
+            handle = _handle(opened)
             try:
-                with sftp.open(posixpath.join(tmpdir, name), "wb") as out:
-                    out.set_pipelined(True)
-                    out.MAX_REQUEST_SIZE = WRITE_REQUEST
-                    copy_exact(source, out, size, key, self.name)
-                    out.flush()
-                    _fsync(sftp, out)
+                if not isinstance(present, OSError) and stat.S_ISREG(_attrs(present).st_mode or 0):
+                    return False  # already there (idempotent store); the source is left unread
+                if isinstance(made_tmp, OSError):
+                    raise self._root_problem(sftp.batch([_stat(sftp, self.root)])[0]) or made_tmp
+                if isinstance(opened, OSError):
+                    raise opened
+                assert handle is not None
+                written = sftp.write_stream(handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH)
+                if written != size:
+                    raise IntegrityError(
+                        f"received {written} bytes for {key}, expected {size}", self.name
+                    )
+                # A server without fsync@openssh.com refuses it; the rename still keeps
+                # partial data invisible. A failed close (data not written) is fatal.
+                _, closed = sftp.batch([_fsync_request(handle), _close(handle)])
+                handle = None
+                if isinstance(closed, OSError):
+                    raise closed
                 try:
                     sftp.rename(tmpdir, final)
                 except OSError:
                     self._rename_into_place(sftp, key, tmpdir, final, hashdirs)
                 tmpdir = ""
             finally:
+                if handle is not None:
+                    sftp.batch([_close(handle)])
                 if tmpdir:
                     _discard(sftp, tmpdir, name)
         return True
@@ -346,6 +360,35 @@ def _rmdir(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
     return paramiko.sftp.CMD_RMDIR, (sftp._adjust_cwd(path),)
 
 
+def _open_new(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
+    flags = paramiko.sftp.SFTP_FLAG_WRITE | paramiko.sftp.SFTP_FLAG_CREATE
+    flags |= paramiko.sftp.SFTP_FLAG_EXCL  # the temp directory is ours alone
+    return paramiko.sftp.CMD_OPEN, (sftp._adjust_cwd(path), flags, paramiko.SFTPAttributes())
+
+
+def _close(handle: bytes) -> tuple[int, tuple[Any, ...]]:
+    return paramiko.sftp.CMD_CLOSE, (handle,)
+
+
+def _fsync_request(handle: bytes) -> tuple[int, tuple[Any, ...]]:
+    return _CMD_EXTENDED, ("fsync@openssh.com", handle)
+
+
+def _handle(reply: Any) -> bytes | None:
+    """The handle of an OPEN reply, or None when the open failed."""
+    if isinstance(reply, OSError):
+        return None
+    kind, msg = reply
+    if kind != paramiko.sftp.CMD_HANDLE:
+        raise paramiko.SFTPError(f"expected a handle, got reply type {kind}")
+    return cast(bytes, msg.get_binary())
+
+
+def _blocks(source: Readable) -> Iterator[bytes]:
+    while block := source.read(BLOCK):
+        yield block
+
+
 def _attrs(reply: Any) -> paramiko.SFTPAttributes:
     kind, msg = reply
     if kind != paramiko.sftp.CMD_ATTRS:
@@ -375,13 +418,6 @@ def _discard(sftp: SFTPSession, tmpdir: str, name: str) -> None:
     for path, remove in ((posixpath.join(tmpdir, name), sftp.remove), (tmpdir, sftp.rmdir)):
         with suppress(OSError):
             remove(path)
-
-
-def _fsync(sftp: SFTPSession, f: paramiko.SFTPFile) -> None:
-    """Ask the server to make the data durable before it becomes visible under the key."""
-    # A server without the extension refuses; the rename still keeps partial data invisible.
-    with suppress(OSError):
-        _extended(sftp, "fsync@openssh.com", f.handle)
 
 
 def _extended(sftp: SFTPSession, name: str, arg: object) -> paramiko.Message | None:

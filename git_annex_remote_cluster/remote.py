@@ -25,7 +25,8 @@ from shared.nodeurl import parse_node_list
 
 CONFIGS = {
     "nodes": "the cluster's nodes, whitespace-separated NAME=URL entries "
-    "(file:///abs/path or sftp://[user@]host[:port]/path, with optional "
+    "(file:///abs/path, sftp://[user@]host[:port]/path, "
+    "annex+ssh://[user@]host[:port]/path or annex:///abs/path, with optional "
     "?cost=N&weight=W&state=active|readonly|drain)",
     "copies": "how many nodes hold each key (default: all nodes)",
     "mincopies": "how many nodes must store a key for a store to succeed (default: copies)",
@@ -59,7 +60,10 @@ class ClusterRemote(Remote):
         nodes_text = self.annex.getconfig("nodes")
         try:
             specs = parse_node_list(nodes_text)
-            nodes = [open_node(s) for s in specs]
+            uuid = (
+                self.annex.getuuid() if any(s.scheme.startswith("annex") for s in specs) else None
+            )
+            nodes = [open_node(s, uuid) for s in specs]
             return Cluster(
                 nodes,
                 copies=_positive_int("copies", self.annex.getconfig("copies")),

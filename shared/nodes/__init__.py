@@ -9,8 +9,11 @@ from shared.nodeurl import NodeSpec
 __all__ = ["Node", "Usage", "open_node"]
 
 
-def open_node(spec: NodeSpec) -> Node:
-    """Build the node for a spec; backends are imported lazily to keep start-up cheap."""
+def open_node(spec: NodeSpec, client_uuid: str | None = None) -> Node:
+    """Build the node for a spec; backends are imported lazily to keep start-up cheap.
+
+    ``client_uuid`` is who is asking: git-annex repository nodes record transfers
+    under it (the cluster remote passes its own UUID)."""
     if spec.scheme == "file":
         from shared.nodes.file import FileNode
 
@@ -20,7 +23,12 @@ def open_node(spec: NodeSpec) -> Node:
         from shared.nodes.sftp import SFTPNode
 
         return RetryingNode(SFTPNode(spec))
+    if spec.scheme in ("annex", "annex+ssh"):
+        from shared.nodes.annex import AnnexNode
+        from shared.nodes.retry import RetryingNode
+
+        return RetryingNode(AnnexNode(spec, client_uuid))
     raise ConfigError(
         f"node {spec.name}: {spec.scheme}:// nodes are not supported by this version yet; "
-        "use file:// or sftp:// nodes"
+        "use file://, sftp://, annex+ssh:// or annex:/// nodes"
     )

@@ -60,9 +60,10 @@ class ClusterRemote(Remote):
         nodes_text = self.annex.getconfig("nodes")
         try:
             specs = parse_node_list(nodes_text)
-            uuid = (
-                self.annex.getuuid() if any(s.scheme.startswith("annex") for s in specs) else None
-            )
+            repos = [s.name for s in specs if s.scheme in ("annex", "annex+ssh")]
+            if repos:
+                self._check_chunking(repos)
+            uuid = self.annex.getuuid() if repos else None
             nodes = [open_node(s, uuid) for s in specs]
             return Cluster(
                 nodes,
@@ -72,6 +73,20 @@ class ClusterRemote(Remote):
             )
         except ClusterError as e:
             raise RemoteError(str(e)) from e
+
+    def _check_chunking(self, repos: list[str]) -> None:
+        """git-annex repositories check each object against its key, and a chunk of
+        unencrypted content never matches (its key names the whole file): refuse the
+        combination up front rather than fail every store."""
+        chunk = self.annex.getconfig("chunk").strip()
+        encryption = self.annex.getconfig("encryption").strip() or "none"
+        if chunk and chunk != "0" and encryption == "none":
+            raise ClusterError(
+                f"chunk={chunk} cannot be used with git-annex repository nodes "
+                f"({', '.join(repos)}) unless encryption is on: a repository refuses "
+                "chunks because they do not match their key; remove chunk= or use "
+                "sftp:// or file:// nodes for chunked content"
+            )
 
     @property
     def cluster(self) -> Cluster:

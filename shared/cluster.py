@@ -18,7 +18,7 @@ from typing import BinaryIO
 from shared.errors import ClusterError, ConfigError, NodeError, NotFound
 from shared.fanout import QueueReader, fan_out
 from shared.keys import Key
-from shared.nodes.base import Node
+from shared.nodes.base import UNKNOWN_SIZE, Node
 from shared.placement import rendezvous_order
 
 Progress = Callable[[int], None]
@@ -223,7 +223,9 @@ class Cluster:
                         if size is None:
                             absent.append(node.name)
                             continue
-                        if offset > size:
+                        if size == UNKNOWN_SIZE or offset > size:
+                            # (Unknown: continuing might glue the ends of two different
+                            # objects together, so start over.)
                             offset = sink.restart()
                     self._log(f"get {key}: from node {node.name}, starting at byte {offset}")
                     node.retrieve(key, sink, offset)

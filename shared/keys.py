@@ -124,6 +124,14 @@ class Key:
         if len(file_name.encode("utf-8", "surrogateescape")) > MAX_FILE_NAME_BYTES:
             raise InvalidKey(f"{what}: file name longer than {MAX_FILE_NAME_BYTES} bytes")
 
+    @property
+    def content_size(self) -> int | None:
+        """The size of this key's own content, where the key says: a chunk key's ``-s`` is
+        the whole file's size, its content the chunk's share of it."""
+        if self.size is None or self.chunk_size is None or self.chunk_num is None:
+            return self.size
+        return max(0, min(self.chunk_size, self.size - (self.chunk_num - 1) * self.chunk_size))
+
     @classmethod
     def parse(cls, text: str) -> Key:
         """Parse with git-annex's grammar (fixed field order, name last) plus our rules."""

@@ -38,7 +38,14 @@ from shared.errors import (
     Unavailable,
 )
 from shared.keys import Key
-from shared.nodes.base import CHEAP_COST, EXPENSIVE_COST, Node, Readable, Writable
+from shared.nodes.base import (
+    CHEAP_COST,
+    EXPENSIVE_COST,
+    UNKNOWN_SIZE,
+    Node,
+    Readable,
+    Writable,
+)
 from shared.nodeurl import NodeSpec
 from shared.p2p.engine import ProtocolError
 from shared.p2p.io import APPENDONLY_ERROR, READONLY_ERROR, Client, ConnectionLost, PeerRefused
@@ -50,6 +57,20 @@ ANONYMOUS_UUID = "00000000-0000-0000-0000-000000000000"
 IO_TIMEOUT = 60.0
 VERIFY_RATE = 50 * 1024 * 1024  # bytes/s we allow the node for hashing what it received
 STDERR_KEEP = 4096
+# What ``git rev-parse --local-env-vars`` lists: they tie a git command to the repository
+# of the git-annex that runs us, so a local node's git-annex-shell must not inherit them.
+_REPO_ENV = (
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_CONFIG GIT_CONFIG_PARAMETERS GIT_CONFIG_COUNT "
+    "GIT_OBJECT_DIRECTORY GIT_DIR GIT_WORK_TREE GIT_IMPLICIT_WORK_TREE GIT_GRAFT_FILE "
+    "GIT_INDEX_FILE GIT_NO_REPLACE_OBJECTS GIT_REPLACE_REF_BASE GIT_PREFIX "
+    "GIT_INTERNAL_SUPER_PREFIX GIT_SHALLOW_FILE GIT_COMMON_DIR"
+).split()
+
+
+def _local_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
+
+
 _PARAMS = ("uuid", "shell")
 
 
@@ -138,6 +159,7 @@ class _ProcessStream:
                 stderr=self._stderr,
                 bufsize=0,
                 start_new_session=True,
+                env=_local_env(),
             )
         except OSError:
             self._stderr.close()
@@ -240,7 +262,11 @@ class AnnexNode(Node):
         if self.target is None:
             try:
                 p = subprocess.run(
-                    list(argv), capture_output=True, timeout=IO_TIMEOUT, stdin=subprocess.DEVNULL
+                    list(argv),
+                    capture_output=True,
+                    timeout=IO_TIMEOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=_local_env(),
                 )
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise Unavailable(f"running {argv[0]}: {e}", self.name) from e
@@ -353,12 +379,11 @@ class AnnexNode(Node):
         with self._request(f"checking {key}") as client:
             if not client.checkpresent(key):
                 return None
-        # P2P does not tell sizes: the key's own, or 0 (a resume then starts over).
-        return key.size if key.size is not None else 0
+        # P2P does not tell sizes: the one the key declares, where it does.
+        size = key.content_size
+        return UNKNOWN_SIZE if size is None else size
 
     def store(self, key: Key, source: Readable, size: int) -> bool:
-        if key.size is not None and key.size != size:
-            raise IntegrityError(f"{key} is {key.size} bytes, the data {size}", self.name)
         with self._request(f"storing {key}", IO_TIMEOUT + size / VERIFY_RATE) as client:
             try:
                 result = client.put(key, _Exact(source, size, key, self.name), size)
@@ -371,7 +396,8 @@ class AnnexNode(Node):
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         with self._request(f"reading {key}") as client:
             got, valid = client.get(key, sink, offset)
-            if valid and (key.size is None or offset + got == key.size):
+            expected = key.content_size
+            if valid and (expected is None or offset + got == expected or offset >= expected):
                 return
             present = client.checkpresent(key)
         if not present:

@@ -3,7 +3,9 @@
 Contracts (the cluster and the conformance tests rely on them):
 
 - ``present(key)`` returns the stored size, or ``None`` when the node *confirms*
-  the key is absent. Anything short of a confirmation raises ``Unavailable``:
+  the key is absent. A node that can confirm presence but not tell sizes (a
+  git-annex repository over P2P, for a key that does not carry its size) returns
+  ``UNKNOWN_SIZE``. Anything short of a confirmation raises ``Unavailable``:
   an unreachable node never looks like an empty one.
 - ``store(key, source, size)`` is atomic and idempotent: partial data is never
   visible under the key's name, and storing a present key succeeds without
@@ -41,6 +43,7 @@ class Writable(Protocol):
 
 
 BLOCK = 1024 * 1024
+UNKNOWN_SIZE = -1  # present, size not known (see the contract above)
 
 
 def copy_exact(source: Readable, out: Writable, size: int, key: Key, node: str) -> None:

@@ -207,6 +207,8 @@ class Connection:
         since = _SINCE.get(type(msg), 0)
         if self.version < since:
             raise ProtocolError(f"{msg.command} needs protocol version {since}, not {self.version}")
+        if isinstance(msg, m.Version) and sender is S and msg.version > self._proposed:
+            raise ProtocolError(f"VERSION {msg.version} answers a proposal of {self._proposed}")
         if isinstance(msg, m.Error):
             if sender is C:
                 return State.CLOSED  # the server gives up on a client that sent ERROR

@@ -58,6 +58,7 @@ class _Driver:
     def __init__(self, stream: Stream, role: Role, max_version: int) -> None:
         self.stream = stream
         self.conn = Connection(role, max_version)
+        self._eof = False
 
     def _send(self, msg: Message) -> None:
         self._write(self.conn.send(msg))
@@ -70,7 +71,12 @@ class _Driver:
 
     def _event(self) -> Message | DataChunk | BadRequest | Closed:
         while True:
-            ev = self.conn.next_event()
+            try:
+                ev = self.conn.next_event()
+            except PeerProtocolError as e:
+                if self._eof:  # the stream ended inside a DATA payload or a line
+                    raise ConnectionLost(str(e)) from e
+                raise
             if not isinstance(ev, _NeedData):
                 return ev
             try:
@@ -79,23 +85,36 @@ class _Driver:
                 raise ConnectionLost("the peer stopped answering (timed out)") from e
             except (OSError, EOFError) as e:
                 raise ConnectionLost(f"receiving failed: {e}") from e
+            self._eof = not data
             self.conn.receive_data(data)
 
     def _send_payload(self, source: Readable, length: int, progress: Progress | None) -> None:
-        """Send exactly ``length`` bytes of ``source`` after a DATA line.
+        """Send ``length`` bytes of ``source`` after a DATA line, and only if ``source``
+        has exactly that many: the last block is held back until the end of ``source``
+        is seen, because a peer that has every byte may commit them (git-annex-shell
+        does, without waiting for VALID, when the connection then drops).
 
-        A source that ends early leaves the protocol no way out but to close the
-        connection, as the spec says; that is what the caller must do on error.
+        A source that is short or long leaves no way out but to close the connection,
+        as the spec says; that is what the caller must do after this raises.
         """
-        left = length
+        left, held = length, b""
         while left:
             block = source.read(min(BLOCK, left))
             if not block:
                 raise ClusterError(f"the data ended {left} bytes short of {length}")
-            self._write(self.conn.send_data(block))
             left -= len(block)
-            if progress is not None:
-                progress(len(block))
+            if held:
+                self._send_block(held, progress)
+            held = block
+        if source.read(1):
+            raise ClusterError(f"the data is longer than the {length} bytes announced")
+        if held:
+            self._send_block(held, progress)
+
+    def _send_block(self, block: bytes, progress: Progress | None) -> None:
+        self._write(self.conn.send_data(block))
+        if progress is not None:
+            progress(len(block))
 
     def close(self) -> None:
         self.stream.close()
@@ -218,14 +237,12 @@ class Client(_Driver):
         _skip(source, offset)
         if progress is not None and offset:
             progress(offset)
+        if size == offset and source.read(1):  # DATA 0 would be a complete payload
+            raise ClusterError(f"the data is longer than the {size} bytes announced")
         self._send(m.Data(size - offset))
         self._send_payload(source, size - offset, progress)
-        if source.read(1):
-            # The file grew: tell the server, which must then verify or refuse.
-            if self.version >= 1:
-                self._send(m.Invalid())
-        elif self.version >= 1:
-            self._send(m.Valid())
+        if self.version >= 1:
+            self._send(m.Valid())  # we read it in one pass; git-annex verifies the hash
         ev = self._reply()
         if isinstance(ev, m.Success):
             return PutResult(True)
@@ -237,6 +254,33 @@ class Client(_Driver):
                 "could not be written there"
             )
         raise self._refused(ev, "the data of a PUT")
+
+    def data_present(self, key: Key, af: str | None = None) -> PutResult:
+        """Store ``key`` by telling the server (v4+) that its content already reached the
+        repository some other way: PUT, then DATA-PRESENT instead of DATA when asked for
+        the data. git-annex does this after uploading to a proxied special remote itself;
+        the server checks that the content is there. Raises PeerRefused when it is not
+        (FAILURE) or the server says ERROR, LocalProtocolError below version 4, before
+        anything is sent."""
+        if self.version < 4:
+            raise LocalProtocolError(f"DATA-PRESENT needs protocol version 4, not {self.version}")
+        self._send(m.Put(af, key))
+        ev = self._reply()
+        if isinstance(ev, m.AlreadyHave):
+            return PutResult(False)
+        if isinstance(ev, m.AlreadyHavePlus):
+            return PutResult(False, ev.uuids)
+        if not isinstance(ev, m.PutFrom):
+            raise self._refused(ev, "PUT")
+        self._send(m.DataPresent())
+        ev = self._reply()
+        if isinstance(ev, m.Success):
+            return PutResult(True)
+        if isinstance(ev, m.SuccessPlus):
+            return PutResult(True, ev.uuids)
+        if isinstance(ev, (m.Failure, m.FailurePlus)):
+            raise PeerRefused("the repository does not have the content said to be there")
+        raise self._refused(ev, "DATA-PRESENT")
 
     def get(
         self,
@@ -374,6 +418,8 @@ class Server(_Driver):
                 continue
             assert isinstance(ev, Message)
             self._handle(ev)
+            if self.conn.state is State.CLOSED:
+                return  # the client sent ERROR (or left) in the middle of the request
 
     def _result(self, ok: bool, uuids: tuple[str, ...] = (), plus: bool = False) -> None:
         if plus and uuids and self.conn.version >= 2:

@@ -4,9 +4,11 @@ A message is one line: the command, then its fields separated by single spaces,
 then ``\\n``. As in git-annex, the *last* field of a fixed-arity message takes
 the rest of the line (so ``ERROR`` text may hold spaces), the fields before it
 end at the next whitespace, and list messages (``SUCCESS-PLUS`` and friends)
-split on any whitespace. ``AssociatedFile`` is the one field that is not last
-and may be empty: whitespace in it is sent as ``%`` and ``%`` as ``%%``, which
-is lossy and only for display.
+split on any whitespace. "Whitespace" is Haskell's ``isSpace``, which is not
+Python's: git-annex sends ``\\x1c``-``\\x1f``, NEL and U+2028/9 raw inside a field.
+``AssociatedFile`` is the one field that is not last and may be empty:
+whitespace in it is sent as ``%`` and ``%`` as ``%%``, which is lossy and only
+for display.
 
 Pure functions, no I/O: ``encode`` makes the line, ``parse`` validates one.
 """
@@ -14,6 +16,7 @@ Pure functions, no I/O: ``encode`` makes the line, ``parse`` validates one.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +29,15 @@ MAX_VERSION = 4
 _UUID_RE = re.compile(r"[^\s]{1,128}")  # git-annex accepts any non-empty word as a UUID
 _NUM_RE = re.compile(r"0|[1-9][0-9]{0,29}")  # no signs, no leading zeros, bounded
 _SERVICES = ("git-upload-pack", "git-receive-pack")
+
+
+def _is_space(c: str) -> bool:
+    """Haskell's ``Data.Char.isSpace``, which git-annex splits and escapes on: space,
+    ``\\t\\n\\v\\f\\r``, NBSP and the other Unicode space separators (category Zs)."""
+    o = ord(c)
+    if o <= 0x377:
+        return o == 32 or 9 <= o <= 13 or o == 0xA0
+    return unicodedata.category(c) == "Zs"
 
 
 class MalformedMessage(ValueError):
@@ -296,7 +308,7 @@ def encode_af(af: str | None) -> str:
     """Whitespace becomes ``%``, ``%`` becomes ``%%``; no file is the empty field."""
     if not af:
         return ""
-    return "".join("%%" if c == "%" else "%" if c.isspace() else c for c in af)
+    return "".join("%%" if c == "%" else "%" if _is_space(c) else c for c in af)
 
 
 def decode_af(text: str) -> str | None:
@@ -329,17 +341,23 @@ def decode_af(text: str) -> str | None:
 
 
 def encode(msg: Message) -> bytes:
-    """The message's line, newline included. Refuses what the peer could not parse back."""
+    """The message's line, newline included. Refuses (ValueError) what the peer could
+    not parse back: checked by parsing the line, so numbers, UUIDs, keys and an
+    absolute AssociatedFile are held to the same rules as on receipt."""
     fields = msg.fields()
     for i, f in enumerate(fields):
         last = i == len(fields) - 1
-        if "\n" in f or "\r" in f or (not last and any(c.isspace() for c in f)):
+        if "\n" in f or "\r" in f or (not last and any(_is_space(c) for c in f)):
             raise ValueError(f"{msg.command}: field {f!r} cannot be sent on one line")
     lists = (Bypass, AlreadyHavePlus, SuccessPlus, FailurePlus)
     if isinstance(msg, lists) and any(not _UUID_RE.fullmatch(u) for u in msg.uuids):
         raise ValueError(f"{msg.command}: a UUID must be one word")
-    line = " ".join([msg.command, *fields])
-    return line.encode("utf-8", "surrogateescape") + b"\n"
+    line = " ".join([msg.command, *fields]).encode("utf-8", "surrogateescape")
+    try:
+        parse(line)
+    except MalformedMessage as e:
+        raise ValueError(f"{msg.command}: the peer could not parse it back: {e}") from None
+    return line + b"\n"
 
 
 def _num(text: str, what: str) -> int:
@@ -364,7 +382,7 @@ def _uuid(text: str) -> str:
 def _split_word(text: str) -> tuple[str, str, bool]:
     """git-annex's splitWord: up to the first whitespace character, and what follows it."""
     for i, c in enumerate(text):
-        if c.isspace():
+        if _is_space(c):
             return text[:i], text[i + 1 :], True
     return text, "", False
 
@@ -386,7 +404,18 @@ def _split(rest: str, n: int, command: str) -> list[str]:
 
 
 def _uuids(rest: str) -> tuple[str, ...]:
-    return tuple(_uuid(u) for u in rest.split())
+    """git-annex's ``words``: split on runs of whitespace, ignoring it at both ends."""
+    words: list[str] = []
+    start = -1
+    for i, c in enumerate(rest):
+        if not _is_space(c):
+            start = i if start < 0 else start
+        elif start >= 0:
+            words.append(rest[start:i])
+            start = -1
+    if start >= 0:
+        words.append(rest[start:])
+    return tuple(_uuid(w) for w in words)
 
 
 _PARSERS: dict[str, tuple[int, Callable[[list[str]], Message]]] = {

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Our cluster special remote against git-annex's native cluster, on the same machine, in one run.
 
-Three private sshd "hosts" on 127.0.0.1 carry both clusters: the native one
-(a gateway repo on host1 proxying three node repos, reached by the client over
-ssh) and ours (``externaltype=cluster`` with one ``sftp://`` node per host).
-Each measurement times one ``git annex copy``/``get`` and reports wall time,
-client CPU, the client's peak RSS and whole-machine CPU. See bench/README.md.
+Three private sshd "hosts" on 127.0.0.1 carry three contenders: the native
+cluster (a gateway repo on host1 proxying three node repos, reached by the
+client over ssh), "ours" (``externaltype=cluster`` with one ``sftp://`` node per
+host) and "ours-annex" (our cluster remote with one ``annex+ssh://`` node per
+host: the native cluster's own node repos). Each measurement times one
+``git annex copy``/``get`` and reports wall time, client CPU, the client's peak
+RSS and whole-machine CPU. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, Popen
 from typing import Any
+from urllib.parse import quote
 
 from shared.nodeurl import parse_size
 
@@ -41,12 +44,14 @@ HOSTS = (1, 2, 3)
 BIG, SMALL = "big.bin", "small"
 OPS = ("big-copy", "big-get", "small-copy", "small-get")
 JOBS = (1, 4)
+CONTENDERS = ("native", "ours", "ours-annex")  # native first: the others are measured against it
+OURS = CONTENDERS[1:]
 Medians = dict[tuple[str, str, int], dict[str, float]]  # (impl, op, jobs) -> figures
 
 
 @dataclass
 class Sample:
-    impl: str  # native | ours
+    impl: str  # one of CONTENDERS
     op: str  # one of OPS
     jobs: int
     rep: int
@@ -63,7 +68,7 @@ class Cluster:
     impl: str
     client: Path
     remote: str
-    node_dirs: list[Path]
+    node_dirs: list[Path]  # where each node keeps its objects (annex/objects of a node repo)
     keys: dict[str, set[str]]  # BIG / SMALL -> annex keys
 
 
@@ -91,6 +96,7 @@ class Bench:
         self.sshds: list[SSHD] = []
         self.current: Popen[Any] | None = None
         self.clients: list[Path] = []
+        self.clusters: list[Cluster] = []  # every contender built, measured or not
         self.ga = real_git_annex()
         self.env = {
             "PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin",
@@ -216,10 +222,13 @@ class Bench:
         fmt = "--format=${key}\\n"
         return {w: set(self.git(client, "annex", "find", fmt, w).split()) for w in (BIG, SMALL)}
 
+    def native_nodes(self) -> list[Path]:
+        return [self.scratch / f"host{i}/native-node{i}" for i in HOSTS]
+
     def build_native(self) -> Cluster:
         """As anchors/native-cluster.sh: gateway on host1 proxying 3 node repos; ssh client."""
         gw, client = self.scratch / "host1/gateway", self.scratch / "client-native"
-        nodes = [self.scratch / f"host{i}/native-node{i}" for i in HOSTS]
+        nodes = self.native_nodes()
         self.git(None, "init", "-q", "--bare", gw)
         self.git(gw, "annex", "init", "-q", "gateway")
         self.git(None, "clone", "-q", f"benchhost1:{gw}", client)
@@ -243,32 +252,71 @@ class Bench:
         self.git(client, "annex", "wanted", "origin", "nothing")
         keys = self.add_data(client)
         self.git(client, "annex", "sync", "-q", "--no-content", "origin")
-        return Cluster("native", client, "origin-mycluster", nodes, keys)
+        objects = [n / "annex/objects" for n in nodes]
+        return self.add_cluster(Cluster("native", client, "origin-mycluster", objects, keys))
 
     def build_ours(self) -> Cluster:
-        client = self.scratch / "client-ours"
+        """Our cluster remote over 3 plain directories, one per host, next to the native nodes."""
         nodes = [self.scratch / f"host{i}/ours-node{i}" for i in HOSTS]
-        for d in (client, *nodes):
+        for d in nodes:
             d.mkdir()
-        self.clients.append(client)
-        self.git(client, "init", "-q")
-        self.git(client, "annex", "init", "-q", "client-ours")
         if self.our_scheme == "sftp":
             urls = [f"sftp://benchhost{i}{d}" for i, d in zip(HOSTS, nodes, strict=True)]
         else:
             urls = [f"file://{d}" for d in nodes]
+        return self.build_our_client("ours", urls, nodes)
+
+    def build_ours_annex(self) -> Cluster:
+        """Our cluster remote over the native cluster's own node repos, via git-annex-shell."""
+        nodes = self.native_nodes()
+        urls = []
+        for i, node in zip(HOSTS, nodes, strict=True):
+            uuid = self.git(node, "config", "annex.uuid").strip()  # saves a configlist per process
+            where = f"annex+ssh://benchhost{i}" if self.our_scheme == "sftp" else "annex://"
+            urls.append(f"{where}{quote(str(node))}?uuid={uuid}")
+        return self.build_our_client("ours-annex", urls, [n / "annex/objects" for n in nodes])
+
+    def build_our_client(self, impl: str, urls: list[str], node_dirs: list[Path]) -> Cluster:
+        """client-IMPL with our cluster remote IMPL (copies=3) over these node URLs."""
+        client = self.scratch / f"client-{impl}"
+        client.mkdir()
+        self.clients.append(client)
+        self.git(client, "init", "-q")
+        self.git(client, "annex", "init", "-q", f"client-{impl}")
         node_list = " ".join(f"n{i}={u}" for i, u in zip(HOSTS, urls, strict=True))
-        init = "annex initremote ours type=external externaltype=cluster encryption=none copies=3"
-        self.git(client, *init.split(), f"nodes={node_list}")
-        return Cluster("ours", client, "ours", nodes, self.add_data(client))
+        init = "type=external externaltype=cluster encryption=none copies=3"
+        self.git(client, "annex", "initremote", impl, *init.split(), f"nodes={node_list}")
+        return self.add_cluster(Cluster(impl, client, impl, node_dirs, self.add_data(client)))
+
+    def add_cluster(self, cl: Cluster) -> Cluster:
+        self.clusters.append(cl)
+        return cl
 
     # -- one measurement ------------------------------------------------------
+
+    def clear_nodes(self, cl: Cluster, what: str) -> None:
+        """Before a copy: the content is local and no node of cl holds it, whoever stored it.
+
+        ours-annex and native share their node repos. A contender's drop only removes
+        what its own location log knows about, so what the other one stored there is
+        dropped through the other one's client.
+        """
+        self.git(cl.client, "annex", "get", "-J4", what)
+        self.git(cl.client, "annex", "drop", "-J4", "--force", "--from", cl.remote, what)
+        sharing = [o for o in self.clusters if o is not cl and set(o.node_dirs) & set(cl.node_dirs)]
+        for other in sharing:
+            if held(cl, what):
+                self.git(
+                    other.client, "annex", "drop", "-J4", "--force", "--from", other.remote, what
+                )
+        if left := held(cl, what):
+            where = ", ".join(f"{d}: {len(k)}" for d, k in left.items())
+            raise RuntimeError(f"{cl.impl}: objects still on the nodes before the copy ({where})")
 
     def measure(self, cl: Cluster, op: str, jobs: int, rep: int, sums: dict[str, str]) -> Sample:
         what = BIG if op.startswith("big") else SMALL
         if op.endswith("copy"):  # the cluster must not have it, or copy is skipped
-            self.git(cl.client, "annex", "get", "-J4", what)
-            self.git(cl.client, "annex", "drop", "-J4", "--from", cl.remote, what)
+            self.clear_nodes(cl, what)
             cmd = ["git", "annex", "copy", f"-J{jobs}", "--to", cl.remote, what]
         else:
             self.git(cl.client, "annex", "drop", "-J4", "--force", what)
@@ -288,14 +336,29 @@ class Bench:
         return sample
 
 
+def object_names(node_dir: Path) -> set[str]:
+    """The names of all files under a node's object directory, temp dirs excluded.
+
+    An object is a file named after its key: ours' directory layout, and any hash
+    layout of a repo's annex/objects.
+    """
+    names: set[str] = set()
+    for _top, dirs, files in os.walk(node_dir):
+        dirs[:] = [d for d in dirs if d != "tmp"]
+        names.update(files)
+    return names
+
+
+def held(cl: Cluster, what: str) -> dict[Path, set[str]]:
+    """The keys of `what` that each node of cl holds; only nodes holding some."""
+    found = {d: cl.keys[what] & object_names(d) for d in cl.node_dirs}
+    return {d: keys for d, keys in found.items() if keys}
+
+
 def check_nodes(cl: Cluster, what: str) -> None:
-    """After a copy, each of the 3 node directories holds every object (temp dirs excluded)."""
+    """After a copy, each of the 3 node directories holds every object."""
     for node in cl.node_dirs:
-        names: set[str] = set()
-        for _top, dirs, files in os.walk(node):
-            dirs[:] = [d for d in dirs if d != "tmp"]
-            names.update(files)
-        missing = cl.keys[what] - names
+        missing = cl.keys[what] - object_names(node)
         if missing:
             raise RuntimeError(f"{cl.impl}: {len(missing)} object(s) missing on {node}")
 
@@ -335,58 +398,74 @@ def op_name(op: str, size: int, count: int) -> str:
 
 
 def table(med: Medians, size: int, count: int) -> str:
-    def cells(m: dict[str, float] | None, op: str) -> list[str]:
-        if m is None:
-            return ["-"] * 4
-        unit = "MiB/s" if op.startswith("big") else "files/s"
-        return [
-            f"{m['wall_s']:.2f}",
-            f"{m['client_cpu_s']:.1f} / {m['machine_cpu_s']:.1f}",
-            f"{m['rate']:.1f} {unit}",
-            f"{m['client_rss_mib']:.0f}",
-        ]
-
-    cols = ("wall s", "CPU s client/machine", "rate", "peak RSS MiB")
-    head = ["operation", "-J", *(f"{i} {c}" for i in ("native", "ours") for c in cols)]
-    head.append("ours/native wall")
+    """One row per operation, -J and contender measured; the last column is IMPL/native wall."""
+    head = ["operation", "-J", "contender", "wall s", "CPU s client/machine", "rate"]
+    head += ["peak RSS MiB", "/native wall"]
     rows = [head, ["---"] * len(head)]
     for op in OPS:
+        unit = "MiB/s" if op.startswith("big") else "files/s"
         for j in JOBS:
-            n, o = med.get(("native", op, j)), med.get(("ours", op, j))
-            if n is None and o is None:
-                continue
-            ratio = f"{o['wall_s'] / n['wall_s']:.2f}" if n and o else "-"
-            rows.append([op_name(op, size, count), str(j), *cells(n, op), *cells(o, op), ratio])
+            n = med.get(("native", op, j))
+            for impl in CONTENDERS:
+                if (m := med.get((impl, op, j))) is None:
+                    continue
+                ratio = "-" if n is None or impl == "native" else f"{m['wall_s'] / n['wall_s']:.2f}"
+                rows.append(
+                    [
+                        op_name(op, size, count),
+                        str(j),
+                        impl,
+                        f"{m['wall_s']:.2f}",
+                        f"{m['client_cpu_s']:.1f} / {m['machine_cpu_s']:.1f}",
+                        f"{m['rate']:.1f} {unit}",
+                        f"{m['client_rss_mib']:.0f}",
+                        ratio,
+                    ]
+                )
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
 COMPARE = {"<=": operator.le, ">=": operator.ge, "<": operator.lt}
-TARGETS = (  # the issue's targets as (name, op, field, comparison, bound) on ours/native
-    ("big copy wall ours/native", "big-copy", "wall_s", "<=", 0.5),
-    ("big get wall ours/native", "big-get", "wall_s", "<=", 1.0),
-    ("small copy files/s ours/native", "small-copy", "rate", ">=", 2.0),
+TARGETS = (  # the issue's targets as (name, op, field, comparison, bound) on IMPL/native
+    ("big copy wall {}/native", "big-copy", "wall_s", "<=", 0.5),
+    ("big get wall {}/native", "big-get", "wall_s", "<=", 1.0),
+    ("small copy files/s {}/native", "small-copy", "rate", ">=", 2.0),
 )
 
 
-def verdict(name: str, jobs: int, value: float | None, cmp: str, bound: float) -> dict[str, Any]:
+def verdict(
+    name: str, impl: str, jobs: int, value: float | None, cmp: str, bound: float
+) -> dict[str, Any]:
     ok = None if value is None else COMPARE[cmp](value, bound)
     result = "n/a" if ok is None else "PASS" if ok else "FAIL"
-    return dict(target=name, jobs=jobs, value=value, limit=f"{cmp} {bound:g}", result=result)
+    limit = f"{cmp} {bound:g}"
+    return dict(target=name, contender=impl, jobs=jobs, value=value, limit=limit, result=result)
 
 
-def targets(med: Medians) -> list[dict[str, Any]]:
-    """Each target per -J; n/a where a side was not measured."""
+def targets(med: Medians, contenders: list[str]) -> list[dict[str, Any]]:
+    """Each target per -J, for each of ours that was run; n/a where native was not measured."""
     out = []
-    for j in JOBS:
-        for name, op, field, cmp, bound in TARGETS:
-            n, o = med.get(("native", op, j)), med.get(("ours", op, j))
-            out.append(verdict(name, j, o[field] / n[field] if n and o else None, cmp, bound))
-        rss = [m["client_rss_mib"] for op in OPS[:2] if (m := med.get(("ours", op, j)))]
-        out.append(verdict("ours peak RSS MiB, big file", j, max(rss, default=None), "<", 200))
+    for impl in (c for c in OURS if c in contenders):
+        for j in JOBS:
+            for name, op, field, cmp, bound in TARGETS:
+                n, o = med.get(("native", op, j)), med.get((impl, op, j))
+                value = o[field] / n[field] if n and o else None
+                out.append(verdict(name.format(impl), impl, j, value, cmp, bound))
+            rss = [m["client_rss_mib"] for op in OPS[:2] if (m := med.get((impl, op, j)))]
+            name = f"{impl} peak RSS MiB, big file"
+            out.append(verdict(name, impl, j, max(rss, default=None), "<", 200))
     return out
 
 
 # -- main ------------------------------------------------------------------------
+
+
+def contender_list(text: str) -> list[str]:
+    """ "native,ours-annex" -> the contenders in CONTENDERS order."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    if not names or names - set(CONTENDERS):
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(CONTENDERS)}, not {text!r}")
+    return [c for c in CONTENDERS if c in names]
 
 
 def parse_args() -> argparse.Namespace:
@@ -396,11 +475,20 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--size", type=parse_size, help="big file size (default 500MiB)")
     ap.add_argument("--small-count", type=int, help="number of 4 KiB files (default 1000)")
     ap.add_argument("--repeat", type=int, default=1, help="repetitions; the table shows medians")
-    ap.add_argument("--only", choices=("ours", "native"), help="measure one side only")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument(
+        "--contenders",
+        type=contender_list,
+        default=list(CONTENDERS),
+        help=f"comma-separated, from {','.join(CONTENDERS)} (default: all)",
+    )
+    which.add_argument("--only", choices=CONTENDERS, help="measure this contender only")
     ap.add_argument("--quick", action="store_true", help="smoke run: 50 MiB and 100 files")
     ap.add_argument("--json", type=Path, help="write the raw samples and targets here")
     ap.add_argument("--our-scheme", choices=("sftp", "file"), default="sftp", help=SUPPRESS)
     args = ap.parse_args()
+    if args.only:
+        args.contenders = [args.only]
     args.size = args.size or (50 * MIB if args.quick else 500 * MIB)
     args.small_count = args.small_count or (100 if args.quick else 1000)
     return args
@@ -426,18 +514,24 @@ def main() -> int:
         print(f"setting up under {scratch} (logs in {bench.logs})", flush=True)
         bench.start_hosts()
         sums = bench.make_data(args.size, args.small_count)
-        clusters = []
-        if args.only != "ours":
-            clusters.append(bench.build_native())
-        if args.only != "native":
-            clusters.append(bench.build_ours())
+        # ours-annex uses the native cluster's node repos: they are built whenever it runs.
+        if {"native", "ours-annex"} & set(args.contenders):
+            bench.build_native()
+        if "ours" in args.contenders:
+            bench.build_ours()
+        if "ours-annex" in args.contenders:
+            bench.build_ours_annex()
+        clusters = [cl for cl in bench.clusters if cl.impl in args.contenders]
         print(f"setup done in {time.monotonic() - t0:.0f} s; measuring", flush=True)
+        # Each contender's get follows its own copy: the next contender's copy may empty
+        # the shared node repos.
         samples = [
-            bench.measure(cl, op, j, rep, sums)
+            bench.measure(cl, f"{what}-{step}", j, rep, sums)
             for j in JOBS
-            for op in OPS
+            for what in ("big", "small")
             for rep in range(1, args.repeat + 1)
             for cl in clusters
+            for step in ("copy", "get")
         ]
         version = bench.run("git", "annex", "version", "--raw").strip()
     except RuntimeError as e:
@@ -449,10 +543,12 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
     med = medians(samples)
-    results = targets(med)
+    results = targets(med, args.contenders)
+    annex = "annex+ssh" if args.our_scheme == "sftp" else "annex"
     print(
         f"\ngit-annex {version}, {os.cpu_count()} CPUs, ours over {args.our_scheme}://, "
-        f"medians of {args.repeat}, load at start {load}, total {time.monotonic() - t0:.0f} s\n"
+        f"ours-annex over {annex}://, medians of {args.repeat}, load at start {load}, "
+        f"total {time.monotonic() - t0:.0f} s\n"
     )
     print(table(med, args.size, args.small_count))
     print("\n| target | -J | measured | limit | result |\n|---|---|---|---|---|")

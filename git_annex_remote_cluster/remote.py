@@ -6,6 +6,7 @@ placement, transfers and the data-safety rules live below it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from annexremote import RemoteError
@@ -30,7 +31,17 @@ CONFIGS = {
     "?cost=N&weight=W&state=active|readonly|drain)",
     "copies": "how many nodes hold each key (default: all nodes)",
     "mincopies": "how many nodes must store a key for a store to succeed (default: copies)",
+    "nodeuuids": "recorded by initremote/enableremote: the UUIDs of git-annex repository "
+    "nodes (NAME=UUID ...), checked on every connection so that another repository "
+    "at a node's path is never written to",
 }
+
+
+def _parse_uuids(text: str) -> dict[str, str]:
+    """``NAME=UUID ...`` as initremote records it; anything else is ignored (re-recorded
+    by the next enableremote)."""
+    pairs = (entry.partition("=") for entry in text.split())
+    return {name: uuid for name, sep, uuid in pairs if sep and name and uuid}
 
 
 def _positive_int(name: str, text: str) -> int | None:
@@ -55,14 +66,24 @@ class ClusterRemote(Remote):
 
     # -- configuration ------------------------------------------------------
 
-    def _load(self) -> Cluster:
-        """Build the cluster from the remote's configuration, with one-line errors."""
+    def _load(self, recorded: bool = True) -> Cluster:
+        """Build the cluster from the remote's configuration, with one-line errors.
+
+        ``recorded``: pin repository nodes to the UUIDs recorded at initremote (False
+        while initremote/enableremote records them afresh)."""
         nodes_text = self.annex.getconfig("nodes")
         try:
             specs = parse_node_list(nodes_text)
             repos = [s.name for s in specs if s.scheme in ("annex", "annex+ssh")]
             if repos:
                 self._check_chunking(repos)
+            known = _parse_uuids(self.annex.getconfig("nodeuuids")) if recorded else {}
+            specs = [
+                replace(s, params={**s.params, "uuid": known[s.name]})
+                if s.name in repos and s.name in known and "uuid" not in s.params
+                else s
+                for s in specs
+            ]
             uuid = self.annex.getuuid() if repos else None
             nodes = [open_node(s, uuid) for s in specs]
             return Cluster(
@@ -95,16 +116,22 @@ class ClusterRemote(Remote):
         return self._cluster
 
     def initremote(self) -> None:
-        cluster = self._load()
+        """Check every node; record the UUIDs of repository nodes (enableremote too)."""
+        cluster = self._load(recorded=False)
         problems = []
+        uuids = []
         for node in cluster.nodes:
             try:
                 node.check()
             except ClusterError as e:
                 problems.append(str(e))
+            if node.uuid is not None:
+                uuids.append(f"{node.name}={node.uuid}")
         cluster.close()
         if problems:
             raise RemoteError("; ".join(problems))
+        if uuids or self.annex.getconfig("nodeuuids"):
+            self.annex.setconfig("nodeuuids", " ".join(uuids))
 
     def prepare(self) -> None:
         cluster = self.cluster

@@ -175,3 +175,31 @@ def test_testremote_full(repo: Repo, cluster: AnnexCluster) -> None:
     proc = repo.annex("testremote", "cl", check=False, timeout=3600)
     passed, total = summary_of_testremote(proc.stdout + proc.stderr)
     assert proc.returncode == 0 and passed == total, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def test_node_uuids_are_recorded_and_a_replaced_repository_refused(
+    repo: Repo, cluster: AnnexCluster
+) -> None:
+    init_cluster(repo, cluster.nodes, "encryption=none", "copies=3", "mincopies=2")
+    remote_log = repo.run("git", "show", "git-annex:remote.log").stdout
+    for r in cluster.repos:
+        uuid = subprocess.run(
+            ["git", "config", "annex.uuid"], cwd=r, capture_output=True, text=True
+        ).stdout.strip()
+        assert f"{r.stem}={uuid}" in remote_log
+    # Someone replaces n2's repository by another one at the same path.
+    subprocess.run(["rm", "-rf", str(cluster.repos[1])], check=True)
+    subprocess.run(["git", "init", "-q", "--bare", str(cluster.repos[1])], check=True)
+    cluster.git_annex(cluster.repos[1], "init", "-q", "impostor")
+    key = add_file(repo, "u.bin", 50_000)
+    # (--fast: without it, git-annex first asks whether the cluster has the file, and
+    # with n2 not being the repository it was, the answer is unknown, not "no".)
+    proc = repo.annex("copy", "--fast", "--to", "cl", "u.bin")
+    text = proc.stdout + proc.stderr
+    assert "stored on 2 of 3" in text and "node n2" in text and "expected repository UUID" in text
+    assert cluster.holders(key) == ["n1", "n3"]
+    # The operator meant it: enableremote records the new repository.
+    repo.annex("enableremote", "cl")
+    repo.annex("drop", "--from", "cl", "u.bin")  # (topping up copies is `repair`'s job)
+    repo.annex("copy", "--to", "cl", "u.bin")
+    assert cluster.holders(key) == ["n1", "n2", "n3"]

@@ -243,12 +243,16 @@ class AnnexNode(Node):
             raise ConfigError(f"node {spec.name}: shell={shell!r}: {e}") from e
         if not self.shell:
             raise ConfigError(f"node {spec.name}: shell= must name a command")
-        self.uuid: str | None = spec.params.get("uuid") or None
+        self._uuid: str | None = spec.params.get("uuid") or None
         self._pool = pool
         self._lock = threading.RLock()
         self._client: Client | None = None
         self._stream: _ChannelStream | _ProcessStream | None = None
         self.version: int | None = None  # negotiated, for messages and tests
+
+    @property
+    def uuid(self) -> str | None:
+        return self._uuid
 
     @property
     def cost(self) -> int:
@@ -305,7 +309,7 @@ class AnnexNode(Node):
 
     def discover_uuid(self) -> str:
         """The repository's UUID from ``git-annex-shell configlist``, asked once."""
-        if self.uuid is None:
+        if self._uuid is None:
             status, out, err = self._run([*self.shell, "configlist", self.path])
             found = [
                 line.partition("=")[2].strip()
@@ -324,8 +328,8 @@ class AnnexNode(Node):
                 raise Unavailable(
                     f"{self.where} is not a usable git-annex repository: {detail}", self.name
                 )
-            self.uuid = found[0]
-        return self.uuid
+            self._uuid = found[0]
+        return self._uuid
 
     def _session(self) -> Client:
         if self._client is not None and self._client.usable:

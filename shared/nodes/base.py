@@ -85,6 +85,12 @@ class Node(ABC):
         """True when the node is only reachable from this machine (git-annex AVAILABILITY LOCAL)."""
         return False
 
+    @property
+    def uuid(self) -> str | None:
+        """The identity of the storage where it has one (a git-annex repository's UUID),
+        known after ``check``; None for plain storage."""
+        return None
+
     def check(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise ``Unavailable`` cheaply if the node obviously cannot be used right now."""
 

@@ -75,6 +75,10 @@ class RetryingNode(Node):
     def is_local(self) -> bool:
         return self.inner.is_local
 
+    @property
+    def uuid(self) -> str | None:
+        return self.inner.uuid
+
     def _guard(self) -> None:
         with self._lock:
             if self._clock() < self._down_until:

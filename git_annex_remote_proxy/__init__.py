@@ -1,1 +1,8 @@
-"""The proxy remote and its gateway server (not yet implemented)."""
+"""The proxy remote (``externaltype=proxy``) and its gateway server (``serve``)."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("git-annex-remote-cluster")
+except PackageNotFoundError:  # running from a checkout
+    __version__ = "0.0.0+checkout"

@@ -18,7 +18,7 @@ from typing import BinaryIO
 from shared.errors import ClusterError, ConfigError, NodeError, NotFound
 from shared.fanout import QueueReader, fan_out
 from shared.keys import Key
-from shared.nodes.base import UNKNOWN_SIZE, Node
+from shared.nodes.base import UNKNOWN_SIZE, Node, Readable, Writable
 from shared.placement import rendezvous_order
 
 Progress = Callable[[int], None]
@@ -160,6 +160,31 @@ class Cluster:
             raise StoreFailed(outcome, self.mincopies)
         return outcome
 
+    def store_stream(
+        self, key: Key, source: Readable, size: int, progress: Progress | None = None
+    ) -> StoreOutcome:
+        """Like ``store``, from a stream that can be read only once (an upload passing
+        through a gateway): one wave over the first ``copies`` nodes that take new
+        data. A node that fails cannot be replaced by the next one (the bytes are
+        gone), so the store succeeds when ``mincopies`` nodes hold the key. An error
+        raised by ``source`` (a hash mismatch found at its end) aborts every node's
+        store before anything is committed, and is raised again here.
+        """
+        candidates = [
+            n for n in self.order(key) if n.spec.state.takes_new_data and n.spec.weight > 0
+        ]
+        wave = candidates[: self.copies]
+        outcome = StoreOutcome()
+        wrote: dict[str, bool] = {}
+        results = self._fan_out(source, wave, wrote, progress or (lambda _n: None), key, size)
+        self._judge(key, wave, wrote, results, outcome, 0)
+        if outcome.copies < self.mincopies:
+            for n in self.nodes:
+                if n not in wave:
+                    outcome.failed.setdefault(n.name, "not in this store's wave")
+            raise StoreFailed(outcome, self.mincopies)
+        return outcome
+
     def _store_wave(
         self,
         key: Key,
@@ -172,13 +197,6 @@ class Cluster:
         """Stream the file to ``nodes``; return the bytes reported to ``progress``."""
 
         wrote: dict[str, bool] = {}
-
-        def consumer(node: Node) -> Callable[[QueueReader], None]:
-            def store(reader: QueueReader) -> None:
-                wrote[node.name] = node.store(key, reader, size)
-
-            return store
-
         sent = 0
 
         def counted(n: int) -> None:
@@ -188,7 +206,35 @@ class Cluster:
                 progress(n)
 
         with open(path, "rb") as src:
-            results = fan_out(src, {n.name: consumer(n) for n in nodes}, counted, self._store_pool)
+            results = self._fan_out(src, nodes, wrote, counted, key, size)
+        return self._judge(key, nodes, wrote, results, outcome, sent)
+
+    def _fan_out(
+        self,
+        src: Readable,
+        nodes: list[Node],
+        wrote: dict[str, bool],
+        counted: Callable[[int], None],
+        key: Key,
+        size: int,
+    ) -> dict[str, BaseException | None]:
+        def consumer(node: Node) -> Callable[[QueueReader], None]:
+            def store(reader: QueueReader) -> None:
+                wrote[node.name] = node.store(key, reader, size)
+
+            return store
+
+        return fan_out(src, {n.name: consumer(n) for n in nodes}, counted, self._store_pool)
+
+    def _judge(
+        self,
+        key: Key,
+        nodes: list[Node],
+        wrote: dict[str, bool],
+        results: dict[str, BaseException | None],
+        outcome: StoreOutcome,
+        sent: int,
+    ) -> int:
         for node in nodes:
             err = results.get(node.name)
             if err is None:
@@ -240,6 +286,26 @@ class Cluster:
             raise RetrieveFailed(f"could not get {key} from any node ({detail})")
         raise RetrieveFailed(f"{key} is on none of the nodes ({', '.join(absent)})")
 
+    def retrieve_stream(self, key: Key, sink: Writable, offset: int = 0) -> str:
+        """Write the key's content from ``offset`` to ``sink``, falling over to the next
+        node from where the last one stopped; return the node that finished it."""
+        errors: dict[str, str] = {}
+        absent: list[str] = []
+        counting = _CountingSink(sink)
+        for node in self.retrieve_order(key):
+            try:
+                node.retrieve(key, counting, offset + counting.count)
+                return node.name
+            except NotFound:
+                absent.append(node.name)
+            except Exception as e:
+                errors[node.name] = _reason(e)
+                self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
+        if errors:
+            detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
+            raise RetrieveFailed(f"could not get {key} from any node ({detail})")
+        raise RetrieveFailed(f"{key} is on none of the nodes ({', '.join(absent)})")
+
     # -- presence -----------------------------------------------------------
 
     def present(self, key: Key) -> bool:
@@ -286,6 +352,15 @@ class Cluster:
                 failed[node.name] = _reason(e)
         if failed:
             raise RemoveFailed(key, failed)
+
+
+class _CountingSink:
+    def __init__(self, sink: Writable) -> None:
+        self.sink, self.count = sink, 0
+
+    def write(self, data: bytes) -> None:
+        self.sink.write(data)
+        self.count += len(data)
 
 
 class _ProgressSink:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
-from typing import BinaryIO
+
+from shared.nodes.base import Readable
 
 BLOCK = 1024 * 1024
 DEPTH = 8  # blocks buffered per consumer: memory is at most consumers * DEPTH * BLOCK
@@ -60,7 +61,7 @@ class QueueReader:
 
 
 def fan_out(
-    source: BinaryIO,
+    source: Readable,
     consumers: Mapping[str, Callable[[QueueReader], None]],
     on_bytes: Callable[[int], None] | None = None,
     executor: Executor | None = None,

@@ -1,4 +1,4 @@
-"""The project installs as a package with a working git-annex-remote-cluster program."""
+"""The project installs as a package with working git-annex-remote-cluster and -proxy programs."""
 
 from __future__ import annotations
 
@@ -58,5 +58,23 @@ def test_pip_install_gives_working_program(tmp_path: Path) -> None:
         "nodes",
         "copies",
         "mincopies",
+        "nodeuuids",
     }
     assert lines[-1] == "CONFIGEND"
+
+    proxy = target / "bin" / "git-annex-remote-proxy"
+    proto = subprocess.run(
+        [sys.executable, str(proxy)],
+        input="EXTENSIONS INFO\nLISTCONFIGS\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    configs = {ln.split()[1] for ln in proto.stdout.splitlines() if ln.startswith("CONFIG ")}
+    assert configs == {"gateway", "target", "gatewaycommand", "nodeuuids"}
+    usage = subprocess.run(
+        [sys.executable, str(proxy), "gateway", "--help"], env=env, capture_output=True, text=True
+    )
+    assert usage.returncode == 0 and "add" in usage.stdout

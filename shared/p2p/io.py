@@ -316,6 +316,10 @@ class Client(_Driver):
         return got, valid
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:1000]
+
+
 def _skip(source: Readable, n: int) -> None:
     while n:
         block = source.read(min(BLOCK, n))
@@ -433,7 +437,13 @@ class Server(_Driver):
         elif isinstance(req, m.Bypass):
             pass  # no reply; we do not relay to other gateways
         elif isinstance(req, m.CheckPresent):
-            self._result(self._try(lambda: self.backend.present(req.key), "checking"))
+            try:
+                present = self.backend.present(req.key)
+            except Exception as e:  # unknown is not absent: git-annex takes ERROR as unknown
+                self.log(f"checking {req.key}: {e}")
+                self._send(m.Error(_one_line(f"cannot tell whether {req.key} is present: {e}")))
+            else:
+                self._result(present)
         elif isinstance(req, m.GetTimestamp):
             self._send(m.Timestamp(int(time.monotonic())))
         elif isinstance(req, (m.Remove, m.RemoveBefore)):

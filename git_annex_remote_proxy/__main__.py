@@ -1,0 +1,133 @@
+"""``git-annex-remote-proxy``: the proxy remote (run by git-annex with no arguments), the
+gateway server (``serve``), and the gateway's configuration (``gateway``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from git_annex_remote_proxy import __version__
+from shared.errors import ClusterError
+
+
+def _protocol() -> int:
+    from git_annex_remote_proxy.remote import ProxyRemote
+    from shared import annexproto
+
+    remote: ProxyRemote | None = None
+
+    def factory(master: annexproto.AnnexMaster) -> ProxyRemote:
+        nonlocal remote
+        remote = ProxyRemote(master)
+        return remote
+
+    try:
+        return annexproto.run(factory)
+    finally:
+        if remote is not None:
+            remote.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="git-annex-remote-proxy",
+        description="A git-annex remote reaching storage through one gateway, and the "
+        "gateway itself. git-annex runs it with no arguments.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a target over P2P on stdin/stdout (as an ssh command or forced command)",
+    )
+    serve.add_argument("--config", type=Path, help="gateway configuration (TOML)")
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument("--readonly", action="store_true", help="refuse uploads and removals")
+    mode.add_argument("--appendonly", action="store_true", help="refuse removals")
+    serve.add_argument(
+        "--allow", nargs="+", default=[], metavar="TARGET", help="serve only these targets"
+    )
+    serve.add_argument(
+        "request",
+        nargs=argparse.REMAINDER,
+        help="TARGET, or git-annex-shell's p2pstdio/configlist arguments",
+    )
+
+    gw = sub.add_parser("gateway", help="manage the gateway's targets")
+    gw.add_argument("--config", type=Path, help="gateway configuration (TOML)")
+    gsub = gw.add_subparsers(dest="action", required=True)
+    add = gsub.add_parser("add", help="add a target, or change an existing one's nodes")
+    add.add_argument("target")
+    add.add_argument("nodes", nargs="+", metavar="NAME=URL")
+    add.add_argument("--copies", type=int)
+    add.add_argument("--mincopies", type=int)
+    ls = gsub.add_parser("list", help="list the targets")
+    ls.add_argument("--json", action="store_true")
+    rm = gsub.add_parser("remove", help="remove a target (its nodes keep their data)")
+    rm.add_argument("target")
+    return p
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from git_annex_remote_proxy.config import GatewayConfig
+
+    if args.action == "add":
+        config = GatewayConfig.load(args.config, missing_ok=True)
+        target = config.add(args.target, args.nodes, args.copies, args.mincopies)
+        config.save()
+        print(f"target {target.name} ({target.uuid}) in {config.path}")
+        return 0
+    config = GatewayConfig.load(args.config, missing_ok=args.action == "list")
+    if args.action == "remove":
+        config.remove(args.target)
+        config.save()
+        print(f"removed target {args.target} from {config.path} (its nodes keep their data)")
+        return 0
+    targets = [
+        {"name": t.name, **t.as_dict()}
+        for t in sorted(config.targets.values(), key=lambda t: t.name)
+    ]
+    if args.json:
+        print(json.dumps({"config": str(config.path), "targets": targets}, indent=2))
+    else:
+        for t in targets:
+            nodes = " ".join(str(n) for n in t["nodes"])  # type: ignore[attr-defined]
+            extra = "".join(f" {k}={t[k]}" for k in ("copies", "mincopies") if k in t)
+            print(f"{t['name']}  {t['uuid']}{extra}  {nodes}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if not args_list:
+        if sys.stdin.isatty():
+            print(
+                "git-annex-remote-proxy is run by git-annex. Set it up with:\n"
+                "  git annex initremote NAME type=external externaltype=proxy encryption=none \\\n"
+                "      gateway=ssh://user@gateway.example.org target=archive\n"
+                "See --help for the gateway commands.",
+                file=sys.stderr,
+            )
+            return 2
+        return _protocol()
+    args = _parser().parse_args(args_list)
+    try:
+        if args.command == "serve":
+            from git_annex_remote_proxy.gateway import serve
+
+            return serve(args.request, args.config, args.readonly, args.appendonly, args.allow)
+        return _gateway(args)
+    except (ClusterError, OSError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"git-annex-remote-proxy: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""``git-annex-remote-proxy serve``: a gateway that speaks P2P on stdin/stdout like
+``git-annex-shell p2pstdio``, in front of a node or a cluster of nodes.
+
+Three ways in, one server:
+
+- ``serve TARGET`` (what the proxy remote runs over ssh);
+- ``serve p2pstdio DIR CLIENT-UUID [--uuid UUID]`` and ``serve configlist DIR``,
+  the argument forms of git-annex-shell, so that a stock git-annex whose remote
+  has ``remote.NAME.annex-shell`` set to our command uses the gateway as an
+  ordinary ssh remote (DIR's last component names the target);
+- as an ssh forced command, the same forms read from ``SSH_ORIGINAL_COMMAND``.
+
+Uploads stream through: each is hashed while it passes and the nodes commit it
+only if the hash matches the key, so content with a wrong hash never becomes
+visible; nothing holds the object on the gateway beyond each node's own temp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import queue
+import shlex
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from git_annex_remote_proxy.config import GatewayConfig, Target
+from shared.cluster import Cluster
+from shared.errors import ClusterError, ConfigError, IntegrityError
+from shared.keys import ContentVerifier, Key
+from shared.nodes import open_node
+from shared.nodes.base import UNKNOWN_SIZE, Readable
+from shared.p2p.io import Mode, Server
+
+BLOCK = 1024 * 1024
+
+
+# -- the backend: a cluster behind the P2P server ------------------------------------
+
+
+class _Verified:
+    """The client's payload, checked against the key as it passes. At its end (before
+    the nodes see EOF and commit) the hash, the length and the client's VALID are
+    checked; a mismatch raises, which makes every node abandon its temp."""
+
+    def __init__(self, data: Readable, key: Key, length: int, valid: Callable[[], bool]) -> None:
+        self.data, self.key, self.left, self.valid = data, key, length, valid
+        self.verifier = ContentVerifier(key)
+        self.checked = False
+
+    def read(self, n: int = -1, /) -> bytes:
+        block = self.data.read(n if n >= 0 else BLOCK)
+        self.verifier.update(block)
+        self.left -= len(block)
+        if (not block or self.left <= 0) and not self.checked:
+            # Before the nodes get the last bytes (or EOF) and commit.
+            if self.left != 0:
+                raise IntegrityError(f"{self.key}: the upload ended {self.left} bytes short")
+            self.verifier.verify()  # raises IntegrityError on a wrong hash or size
+            if not self.valid() and not self.verifier.checks_hash:
+                raise IntegrityError(f"{self.key}: the client says the content changed")
+            self.checked = True
+        return block
+
+
+class ClusterBackend:
+    """``shared.p2p.io.Backend`` over a cluster (a single-node target is a cluster of one)."""
+
+    def __init__(self, cluster: Cluster, log: Callable[[str], None]) -> None:
+        self.cluster, self.log = cluster, log
+
+    def present(self, key: Key) -> bool:
+        return self.cluster.present(key)  # PresenceUnknown: the server answers ERROR
+
+    def put_offset(self, key: Key) -> int:
+        return 0  # node temps are not resumable yet: uploads start over
+
+    def store(
+        self, key: Key, offset: int, length: int, data: Readable, valid: Callable[[], bool]
+    ) -> tuple[str, ...]:
+        if offset:
+            raise ClusterError(f"cannot resume an upload at {offset}")
+        outcome = self.cluster.store_stream(key, _Verified(data, key, length, valid), length)
+        if outcome.failed:
+            self.log(f"store {key}: {outcome.describe_failures()}")
+        return ()
+
+    def _size(self, key: Key) -> int | None:
+        size = key.content_size
+        if size is not None:
+            return size if self.cluster.present(key) else None
+        for node in self.cluster.retrieve_order(key):
+            with contextlib.suppress(Exception):
+                found = node.present(key)
+                if found is not None and found != UNKNOWN_SIZE:
+                    return found
+        return None
+
+    def retrieve(self, key: Key, offset: int) -> tuple[int, Iterator[bytes]] | None:
+        size = self._size(key)
+        if size is None:
+            return None
+        return size, self._blocks(key, offset)
+
+    def _blocks(self, key: Key, offset: int) -> Iterator[bytes]:
+        """The cluster writes into a sink; the server pulls blocks: a bounded queue and a
+        thread join the two (and the thread stops if the client goes away)."""
+        q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+        stop = threading.Event()
+
+        class Sink:
+            def write(self, data: bytes) -> None:
+                while not stop.is_set():
+                    try:
+                        q.put(bytes(data), timeout=0.5)
+                        return
+                    except queue.Full:
+                        continue
+                raise ClusterError("the client went away")
+
+        def run() -> None:
+            try:
+                self.cluster.retrieve_stream(key, Sink(), offset)
+                item: BaseException | None = None
+            except BaseException as e:
+                item = e
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+
+        thread = threading.Thread(target=run, name=f"get {key}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                got = q.get()
+                if got is None:
+                    return
+                if isinstance(got, BaseException):
+                    raise got
+                yield got
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def remove(self, key: Key) -> tuple[bool, tuple[str, ...]]:
+        self.cluster.remove(key)  # RemoveFailed names the nodes: the server says FAILURE
+        return True, ()
+
+    def lock(self, key: Key) -> bool:
+        return False  # no locks across the nodes yet: git-annex then does not rely on one
+
+    def unlock(self, key: Key) -> None:
+        pass
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+class _Stdio:
+    """fd 0 and a private duplicate of fd 1 as a Stream; fd 1 then goes to stderr, so a
+    stray print can never corrupt the protocol."""
+
+    def __init__(self) -> None:
+        self.out = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+    def recv(self, n: int, /) -> bytes:
+        return os.read(0, n)
+
+    def sendall(self, data: bytes, /) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.out, view) :]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.out)
+
+
+def _target_of_dir(config: GatewayConfig, directory: str) -> Target:
+    name = posixpath.basename(directory.rstrip("/")).removesuffix(".git")
+    return config.target(name)
+
+
+def _log(message: str) -> None:
+    print(f"git-annex-remote-proxy: {message}", file=sys.stderr, flush=True)
+
+
+def _mode(readonly: bool, appendonly: bool) -> str:
+    if readonly or os.environ.get("GIT_ANNEX_SHELL_READONLY"):
+        return Mode.READONLY
+    if appendonly or os.environ.get("GIT_ANNEX_SHELL_APPENDONLY"):
+        return Mode.APPENDONLY
+    return Mode.READWRITE
+
+
+def request_of(args: Sequence[str]) -> list[str]:
+    """What to serve: the arguments, or (as a forced command) SSH_ORIGINAL_COMMAND's."""
+    if args:
+        return list(args)
+    original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    try:
+        words = shlex.split(original)
+    except ValueError as e:
+        raise ConfigError(f"cannot parse the ssh command {original!r}: {e}") from None
+    # "git-annex-remote-proxy serve [opts] TARGET", or "git-annex-shell CMD DIR ...".
+    for i, word in enumerate(words):
+        if word == "serve":
+            return [w for w in words[i + 1 :] if not w.startswith("--")][:1] or []
+        if word in ("p2pstdio", "configlist"):
+            return words[i:]
+    raise ConfigError(
+        "nothing to serve: give a target (git-annex-remote-proxy serve TARGET), or use "
+        "this command as git-annex-shell"
+    )
+
+
+def serve(
+    args: Sequence[str],
+    config_path: Path | None,
+    readonly: bool = False,
+    appendonly: bool = False,
+    allow: Sequence[str] = (),
+) -> int:
+    config = GatewayConfig.load(config_path)
+    request = request_of(args)
+    client_uuid: str | None = None
+    if request[0] == "configlist":
+        if len(request) < 2:
+            raise ConfigError("configlist needs a directory")
+        target = _target_of_dir(config, request[1])
+        _check_allowed(target, allow)
+        sys.stdout.write(f"annex.uuid={target.uuid}\ncore.gcrypt-id=\n")
+        sys.stdout.flush()
+        return 0
+    if request[0] == "p2pstdio":
+        if len(request) < 3:
+            raise ConfigError("p2pstdio needs a directory and the client's UUID")
+        target = _target_of_dir(config, request[1])
+        client_uuid = request[2]
+        if "--uuid" in request:
+            wanted = request[request.index("--uuid") + 1 : request.index("--uuid") + 2]
+            if wanted and wanted[0] != target.uuid:
+                by_uuid = config.by_uuid(wanted[0])
+                if by_uuid is None:
+                    raise ConfigError(
+                        f"expected repository UUID {wanted[0]} but found UUID {target.uuid}"
+                    )
+                target = by_uuid
+    else:
+        target = config.target(request[0])
+    _check_allowed(target, allow)
+    return _serve_target(target, client_uuid, _mode(readonly, appendonly))
+
+
+def _check_allowed(target: Target, allow: Sequence[str]) -> None:
+    if allow and target.name not in allow:
+        raise ConfigError(f"target {target.name} is not allowed for this key")
+
+
+def _serve_target(target: Target, client_uuid: str | None, mode: str) -> int:
+    specs = target.specs()
+    nodes = [open_node(s, target.uuid) for s in specs]
+    cluster = Cluster(nodes, copies=target.copies, mincopies=target.mincopies, log=_debug)
+    stream = _Stdio()
+    try:
+        Server(stream, ClusterBackend(cluster, _log), target.uuid, mode, log=_log).serve()
+    finally:
+        cluster.close()
+        stream.close()
+    del client_uuid  # recorded by git-annex-shell in transfer logs; we keep none
+    return 0
+
+
+def _debug(message: str) -> None:
+    if os.environ.get("GIT_ANNEX_REMOTE_PROXY_DEBUG"):
+        _log(message)

@@ -1,0 +1,94 @@
+"""``externaltype=proxy``: one gateway, reached over one ssh session, as a git-annex remote.
+
+The gateway is either ours (``gateway=ssh://[user@]host[:port] target=NAME``: the
+remote runs ``git-annex-remote-proxy serve`` there, or ``gatewaycommand=``) or a
+native git-annex gateway (``gateway=annex+ssh://[user@]host[:port]/path
+target=UUID``: ``git-annex-shell p2pstdio path ... --uuid UUID``, where UUID is
+a remote or cluster the gateway proxies). Either way the gateway is one
+git-annex repository node spoken to over P2P, so this is the cluster remote
+with that single node.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, urlsplit
+
+from shared.annexproto import AnnexMaster
+from shared.cluster_remote import ClusterRemote
+from shared.errors import ConfigError
+from shared.nodeurl import NAME_RE, NodeSpec, parse_node
+
+DEFAULT_COMMAND = "git-annex-remote-proxy serve"
+_UUID_RE = re.compile(r"[0-9a-fA-F-]{36}")
+
+CONFIGS = {
+    "gateway": "ssh://[user@]host[:port] for a git-annex-remote-proxy gateway, or "
+    "annex+ssh://[user@]host[:port]/path/to/repo for a native git-annex gateway",
+    "target": "the target's name on our gateway, or the UUID of the remote or cluster "
+    "a native gateway proxies",
+    "gatewaycommand": f"the command run on our gateway (default: {DEFAULT_COMMAND}), "
+    "e.g. to add --config FILE",
+    "nodeuuids": "recorded by initremote/enableremote: the UUID the gateway answered with",
+}
+
+
+class ProxyRemote(ClusterRemote):
+    def __init__(self, annex: AnnexMaster) -> None:
+        super().__init__(annex)
+        self.configs = dict(CONFIGS)
+
+    def _native(self) -> bool:
+        gateway: str = self.annex.getconfig("gateway")
+        return urlsplit(gateway).scheme == "annex+ssh"
+
+    def node_specs(self) -> list[NodeSpec]:
+        gateway = self.annex.getconfig("gateway").strip()
+        target = self.annex.getconfig("target").strip()
+        parts = urlsplit(gateway)
+        if not gateway:
+            raise ConfigError(
+                "gateway= is missing: gateway=ssh://user@host for a git-annex-remote-proxy "
+                "gateway, or gateway=annex+ssh://user@host/path/to/repo for a native one"
+            )
+        if not target:
+            raise ConfigError("target= is missing: the target's name (or a native gateway's UUID)")
+        if parts.scheme == "ssh":
+            if parts.path not in ("", "/") or parts.query:
+                raise ConfigError(
+                    f"gateway={gateway!r}: give only ssh://[user@]host[:port]; the target "
+                    "goes in target="
+                )
+            if not NAME_RE.fullmatch(target):
+                raise ConfigError(f"target={target!r} is not a target name")
+            command = self.annex.getconfig("gatewaycommand").strip() or DEFAULT_COMMAND
+            url = f"annex+ssh://{parts.netloc}/{target}?shell={quote(command, safe='')}"
+        elif parts.scheme == "annex+ssh":
+            if not _UUID_RE.fullmatch(target):
+                raise ConfigError(
+                    f"target={target!r}: a native gateway's target is the UUID of the remote "
+                    "or cluster it proxies (git annex info on the gateway lists them)"
+                )
+            if parts.query:
+                raise ConfigError(f"gateway={gateway!r} must not have a ?query")
+            url = f"{gateway}?uuid={target}"
+        else:
+            raise ConfigError(
+                f"gateway={gateway!r}: use ssh://[user@]host[:port] or "
+                "annex+ssh://[user@]host[:port]/path"
+            )
+        return [parse_node(f"gateway={url}")]
+
+    def policy(self) -> tuple[int | None, int | None]:
+        return 1, 1
+
+    def check_chunking(self, repos: list[str]) -> None:
+        if self._native():  # a native gateway's nodes are repositories that verify keys
+            super().check_chunking(repos)
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.info = {
+            "gateway": self.annex.getconfig("gateway"),
+            "target": self.annex.getconfig("target"),
+        }

@@ -203,8 +203,9 @@ def _mode(readonly: bool, appendonly: bool) -> str:
 
 def request_of(args: Sequence[str]) -> list[str]:
     """What to serve: the arguments, or (as a forced command) SSH_ORIGINAL_COMMAND's."""
+    args = list(args)[1:] if args and args[0] == "--" else list(args)
     if args:
-        return list(args)
+        return args
     original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     try:
         words = shlex.split(original)

@@ -28,7 +28,7 @@ CONFIGS = {
     "target": "the target's name on our gateway, or the UUID of the remote or cluster "
     "a native gateway proxies",
     "gatewaycommand": f"the command run on our gateway (default: {DEFAULT_COMMAND}), "
-    "e.g. to add --config FILE",
+    "e.g. to add --config FILE; for a native gateway, the git-annex-shell to run",
     "nodeuuids": "recorded by initremote/enableremote: the UUID the gateway answered with",
 }
 
@@ -72,6 +72,9 @@ class ProxyRemote(ClusterRemote):
             if parts.query:
                 raise ConfigError(f"gateway={gateway!r} must not have a ?query")
             url = f"{gateway}?uuid={target}"
+            command = self.annex.getconfig("gatewaycommand").strip()
+            if command:  # git-annex-shell elsewhere than on the login PATH
+                url += f"&shell={quote(command, safe='')}"
         else:
             raise ConfigError(
                 f"gateway={gateway!r}: use ssh://[user@]host[:port] or "

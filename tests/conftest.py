@@ -32,10 +32,10 @@ def _pypi_git_annex() -> Path | None:
     return binary if binary.exists() else None
 
 
-def _remote_program() -> Path:
-    found = shutil.which("git-annex-remote-cluster", path=str(VENV_BIN))
+def _remote_program(name: str = "git-annex-remote-cluster") -> Path:
+    found = shutil.which(name, path=str(VENV_BIN))
     if found is None:
-        pytest.fail("git-annex-remote-cluster is not installed in the virtualenv: run make test")
+        pytest.fail(f"{name} is not installed in the virtualenv: run make test")
     return Path(found)
 
 
@@ -67,9 +67,10 @@ def _make_client(name: str, binary: Path, root: Path) -> Client:
         link = bindir / prog
         if not link.exists():
             link.symlink_to(target)
-    remote = bindir / "git-annex-remote-cluster"
-    if not remote.exists():
-        remote.symlink_to(_remote_program())
+    for program in ("git-annex-remote-cluster", "git-annex-remote-proxy"):
+        remote = bindir / program
+        if not remote.exists():
+            remote.symlink_to(_remote_program(program))
     home = root / f"home-{name}"
     (home / ".gnupg").mkdir(parents=True, exist_ok=True)
     os.chmod(home / ".gnupg", 0o700)

@@ -345,7 +345,8 @@ class AnnexNode(Node):
             detail = stream.stderr_text() or str(e)
             stream.close()
             raise Unavailable(
-                f"git-annex-shell p2pstdio on {self.where} failed: {detail}", self.name
+                f"no P2P session with {self.where} ({shlex.join(self.shell)} p2pstdio): {detail}",
+                self.name,
             ) from e
         self._client, self._stream, self.version = client, stream, client.version
         return client

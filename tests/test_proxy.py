@@ -1,0 +1,448 @@
+"""The gateway (``git-annex-remote-proxy serve``) and the proxy remote, end to end.
+
+The gateway runs as a real process, reached by our P2P client over its pipes,
+by git-annex through the proxy remote over a real sshd, by a stock git-annex
+as an ordinary ssh remote (``annex-shell``), and the proxy remote also talks to
+a native git-annex cluster gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import VENV_BIN, Client, Repo, make_repo
+from sshd import SSHDFactory, ssh_config_for
+from test_e2e_file_cluster import summary_of_testremote
+from test_e2e_sftp_cluster import add_file
+
+from git_annex_remote_proxy.config import GatewayConfig
+from shared.errors import ConfigError
+from shared.keys import Key
+from shared.p2p.io import APPENDONLY_ERROR, READONLY_ERROR, PeerRefused
+from shared.p2p.io import Client as P2PClient
+
+pytestmark = pytest.mark.timeout(900)
+PROXY = str(VENV_BIN / "git-annex-remote-proxy")
+
+
+def proxy_cli(*args: str, config: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PROXY, "gateway", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
+def key_for(data: bytes) -> Key:
+    return Key("SHA256E", hashlib.sha256(data).hexdigest() + ".bin", size=len(data))
+
+
+def objects(d: Path) -> list[Path]:
+    return [p for p in d.rglob("*") if p.is_file() and "tmp" not in p.relative_to(d).parts]
+
+
+def leftovers(d: Path) -> list[Path]:
+    return [p for p in (d / "tmp").rglob("*") if p.is_file()] if (d / "tmp").exists() else []
+
+
+# -- the configuration and its commands ------------------------------------------------
+
+
+def test_gateway_commands_manage_targets(tmp_path: Path) -> None:
+    config = tmp_path / "gw.toml"
+    out = proxy_cli("add", "archive", f"a=file://{tmp_path}/a", f"b=file://{tmp_path}/b",
+                    "--copies", "1", config=config).stdout  # fmt: skip
+    assert "target archive (" in out
+    first = GatewayConfig.load(config).target("archive")
+    # Changing the nodes keeps the UUID clients know the target by.
+    proxy_cli("add", "archive", f"a=file://{tmp_path}/a", config=config)
+    assert GatewayConfig.load(config).target("archive").uuid == first.uuid
+    proxy_cli("add", "scratch", f"s=file://{tmp_path}/s", config=config)
+    listed = json.loads(proxy_cli("list", "--json", config=config).stdout)
+    assert [t["name"] for t in listed["targets"]] == ["archive", "scratch"]
+    assert "scratch" in proxy_cli("list", config=config).stdout
+    proxy_cli("remove", "scratch", config=config)
+    assert list(GatewayConfig.load(config).targets) == ["archive"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add", "bad name", "a=file:///x"], "target name"),
+        (["add", "t", "a=nope://x"], "unknown URL scheme"),
+        (["add", "t", "a=file:///x", "--copies", "2"], "copies=2 must be 1 to 1"),
+        (["remove", "missing"], "unknown target 'missing'"),
+    ],
+)
+def test_gateway_commands_refuse_bad_input_in_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    config = tmp_path / "gw.toml"
+    proxy_cli("add", "keep", "k=file:///k", config=config)
+    before = config.read_text()
+    proc = proxy_cli(*args, config=config, check=False)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert config.read_text() == before  # nothing written
+
+
+def test_config_file_errors_say_where(tmp_path: Path) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text('[targets.t]\nuuid = "x"\nnodes = ["a=file:///a"]\n')
+    with pytest.raises(ConfigError, match=r"gw.toml: target t: uuid 'x' is not a UUID"):
+        GatewayConfig.load(config)
+    with pytest.raises(ConfigError, match="no gateway configuration at"):
+        GatewayConfig.load(tmp_path / "missing.toml")
+
+
+# -- the server, driven by our P2P client over its pipes ------------------------------
+
+
+class Pipes:
+    """A serve process as a Stream."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+
+    def recv(self, n: int, /) -> bytes:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read1(n)
+
+    def sendall(self, data: bytes, /) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> tuple[Path, list[Path]]:
+    config = tmp_path / "gw.toml"
+    nodes = [tmp_path / "n1", tmp_path / "n2"]
+    for n in nodes:
+        n.mkdir()
+    proxy_cli("add", "archive", *(f"{n.name}=file://{n}" for n in nodes), config=config)
+    proxy_cli("add", "other", f"o=file://{tmp_path / 'o'}", config=config)
+    (tmp_path / "o").mkdir()
+    return config, nodes
+
+
+def session(config: Path, *request: str, env: dict[str, str] | None = None) -> P2PClient:
+    stream = Pipes([PROXY, "serve", "--config", str(config), *request], env)
+    client = P2PClient(stream)
+    client.handshake()
+    return client
+
+
+def test_serve_streams_verified_uploads_to_every_node(gateway: tuple[Path, list[Path]]) -> None:
+    config, nodes = gateway
+    uuid = GatewayConfig.load(config).target("archive").uuid
+    client = session(config, "archive")
+    assert client.uuid == uuid and client.version == 4
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    key = key_for(data)
+    assert client.checkpresent(key) is False
+    assert client.put(key, io.BytesIO(data), len(data)).stored
+    assert all(p.read_bytes() == data for n in nodes for p in objects(n))
+    assert all(len(objects(n)) == 1 for n in nodes)
+    assert client.checkpresent(key) is True
+    assert client.put(key, io.BytesIO(data), len(data)).stored is False  # ALREADY-HAVE
+    sink = io.BytesIO()
+    got, valid = client.get(key, sink, 1000)
+    assert valid and sink.getvalue() == data[1000:] and got == len(data) - 1000
+    assert client.remove(key) == (True, ())
+    assert not any(objects(n) for n in nodes)
+    client.close()
+
+
+def test_a_corrupted_upload_is_refused_and_leaves_nothing(
+    gateway: tuple[Path, list[Path]],
+) -> None:
+    config, nodes = gateway
+    client = session(config, "archive")
+    data = os.urandom(2 * 1024 * 1024)
+    key = key_for(data)
+    bad = bytearray(data)
+    bad[-1] ^= 1  # the very last byte: the nodes have everything else by then
+    with pytest.raises(PeerRefused):
+        client.put(key, io.BytesIO(bytes(bad)), len(bad))
+    assert not any(objects(n) or leftovers(n) for n in nodes)
+    assert client.checkpresent(key) is False  # and the session goes on
+    client.close()
+
+
+def test_get_of_an_absent_key_is_invalid(gateway: tuple[Path, list[Path]]) -> None:
+    config, _ = gateway
+    client = session(config, "archive")
+    assert client.get(key_for(b"nothing"), io.BytesIO()) == (0, False)
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("how", "env"),
+    [
+        (["--readonly"], {}),
+        ([], {"GIT_ANNEX_SHELL_READONLY": "1"}),
+        (["--appendonly"], {}),
+        ([], {"GIT_ANNEX_SHELL_APPENDONLY": "1"}),
+    ],
+)
+def test_read_only_and_append_only_use_git_annex_texts(
+    gateway: tuple[Path, list[Path]], how: list[str], env: dict[str, str]
+) -> None:
+    config, _ = gateway
+    data = b"stored before"
+    key = key_for(data)
+    session(config, "archive").put(key, io.BytesIO(data), len(data))
+    stream = Pipes([PROXY, "serve", "--config", str(config), *how, "archive"], env)
+    client = P2PClient(stream)
+    client.handshake()
+    readonly = "--readonly" in how or "GIT_ANNEX_SHELL_READONLY" in env
+    new = b"new content"
+    if readonly:
+        with pytest.raises(PeerRefused, match=READONLY_ERROR):
+            client.put(key_for(new), io.BytesIO(new), len(new))
+    else:
+        assert client.put(key_for(new), io.BytesIO(new), len(new)).stored
+    with pytest.raises(PeerRefused, match=READONLY_ERROR if readonly else APPENDONLY_ERROR):
+        client.remove(key)
+    assert client.checkpresent(key) is True
+    client.close()
+
+
+def test_allow_limits_the_targets(gateway: tuple[Path, list[Path]]) -> None:
+    config, _ = gateway
+    proc = subprocess.run(
+        [PROXY, "serve", "--config", str(config), "--allow", "other", "--", "archive"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1 and "not allowed" in proc.stderr and proc.stdout == ""
+    session(config, "--allow", "other", "--", "other").close()
+
+
+def test_unknown_target_is_one_clear_line(gateway: tuple[Path, list[Path]]) -> None:
+    config, _ = gateway
+    proc = subprocess.run(
+        [PROXY, "serve", "--config", str(config), "nope"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        "git-annex-remote-proxy: unknown target 'nope' (targets here: archive, other)"
+    )
+
+
+def test_git_annex_shell_forms(gateway: tuple[Path, list[Path]]) -> None:
+    config, _ = gateway
+    uuid = GatewayConfig.load(config).target("archive").uuid
+    out = subprocess.run(
+        [PROXY, "serve", "--config", str(config), "configlist", "/srv/git/archive.git",
+         "--debug", "--", "autoinit=1", "--"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"annex.uuid={uuid}" in out.splitlines()
+    client = session(config, "p2pstdio", "/~/archive", "0" * 8 + "-1111-2222-3333-" + "4" * 12,
+                     "--uuid", uuid)  # fmt: skip
+    assert client.uuid == uuid
+    client.close()
+    other = GatewayConfig.load(config).target("other").uuid
+    assert session(config, "p2pstdio", "/~/archive", "x", "--uuid", other).uuid == other
+    bogus = "0b9c8a7e-1111-4222-8333-444455556666"
+    proc = subprocess.run(
+        [PROXY, "serve", "--config", str(config), "p2pstdio", "/~/archive", "x", "--uuid", bogus],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1 and f"expected repository UUID {bogus}" in proc.stderr
+
+
+def test_forced_command_reads_ssh_original_command(gateway: tuple[Path, list[Path]]) -> None:
+    config, _ = gateway
+    uuid = GatewayConfig.load(config).target("archive").uuid
+    client = session(
+        config,
+        env={"SSH_ORIGINAL_COMMAND": "git-annex-remote-proxy serve archive"},
+    )
+    assert client.uuid == uuid
+    client.close()
+
+
+# -- through git-annex ---------------------------------------------------------------
+
+
+@pytest.fixture
+def gw_host(tmp_path: Path, client: Client, sshd_factory: SSHDFactory, ssh_client_key: Path) -> str:
+    """One sshd host, gw; the gateway process gets its own HOME (for its own ssh config)."""
+    hosts = {"gw": sshd_factory("gw")}
+    ssh_config_for(Path(client.env["HOME"]), hosts, ssh_client_key)
+    return "gw"
+
+
+def gateway_command(config: Path, home: Path | None = None) -> str:
+    env = f"env HOME={home} " if home else ""
+    return f"{env}{PROXY} serve --config {config}"
+
+
+def init_proxy(repo: Repo, config: Path, target: str, home: Path | None = None) -> None:
+    repo.annex(
+        "initremote", "gw", "type=external", "externaltype=proxy", "encryption=none",
+        "gateway=ssh://gw", f"target={target}",
+        f"gatewaycommand={gateway_command(config, home)}",
+    )  # fmt: skip
+
+
+def test_testremote_through_the_proxy_to_a_file_target(
+    tmp_path: Path, repo: Repo, gw_host: str
+) -> None:
+    config = tmp_path / "gw.toml"
+    (tmp_path / "disk").mkdir()
+    proxy_cli("add", "disk", f"d=file://{tmp_path / 'disk'}", config=config)
+    init_proxy(repo, config, "disk")
+    proc = repo.annex("testremote", "gw", "--fast", check=False, timeout=900)
+    passed, total = summary_of_testremote(proc.stdout + proc.stderr)
+    assert proc.returncode == 0 and passed == total, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def test_testremote_through_the_proxy_to_a_cluster_of_sftp_nodes(
+    tmp_path: Path,
+    repo: Repo,
+    gw_host: str,
+    sshd_factory: SSHDFactory,
+    ssh_client_key: Path,
+) -> None:
+    """The gateway alone holds the nodes' ssh keys and config (its own HOME)."""
+    gw_home = tmp_path / "gw-home"
+    hosts = {name: sshd_factory(name) for name in ("h1", "h2", "h3")}
+    ssh_config_for(gw_home, hosts, ssh_client_key)
+    dirs = [tmp_path / f"n{i}" for i in (1, 2, 3)]
+    for d in dirs:
+        d.mkdir()
+    config = tmp_path / "gw.toml"
+    nodes = [f"n{i}=sftp://h{i}{d}" for i, d in enumerate(dirs, 1)]
+    proxy_cli("add", "pool", *nodes, "--copies", "2", config=config)
+    init_proxy(repo, config, "pool", gw_home)
+    proc = repo.annex("testremote", "gw", "--fast", check=False, timeout=900)
+    passed, total = summary_of_testremote(proc.stdout + proc.stderr)
+    assert proc.returncode == 0 and passed == total, proc.stdout[-4000:] + proc.stderr[-4000:]
+    key = add_file(repo, "p.bin", 1_000_000)
+    repo.annex("copy", "--to", "gw", "p.bin")
+    assert sum(1 for d in dirs for p in objects(d) if p.name == key) == 2
+    repo.annex("drop", "p.bin")
+    repo.annex("get", "p.bin")
+
+
+def test_copy_get_drop_and_errors_through_the_proxy(
+    tmp_path: Path, repo: Repo, gw_host: str
+) -> None:
+    config = tmp_path / "gw.toml"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proxy_cli("add", "disk", f"d=file://{disk}", config=config)
+    init_proxy(repo, config, "disk")
+    key = add_file(repo, "a.bin", 2_000_000)
+    repo.annex("copy", "--to", "gw", "a.bin")
+    assert [p.name for p in objects(disk)] == [key]
+    repo.annex("drop", "a.bin")
+    repo.annex("get", "a.bin")
+    repo.annex("drop", "--from", "gw", "a.bin")
+    assert objects(disk) == []
+    # The gateway refuses an unknown target, and says so in one line.
+    proxy_cli("remove", "disk", config=config)
+    proc = repo.annex("copy", "--fast", "--to", "gw", "a.bin", check=False)
+    assert proc.returncode != 0 and "unknown target 'disk'" in proc.stdout + proc.stderr
+
+
+def test_stock_git_annex_uses_the_gateway_as_an_ssh_remote(
+    tmp_path: Path, pypi_client: Client, sshd_factory: SSHDFactory, ssh_client_key: Path
+) -> None:
+    """remote.NAME.annex-shell points at our command; nothing of ours on the client."""
+    hosts = {"gw": sshd_factory("gw")}
+    ssh_config_for(Path(pypi_client.env["HOME"]), hosts, ssh_client_key)
+    config = tmp_path / "gw.toml"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proxy_cli("add", "archive", f"d=file://{disk}", config=config)
+    bare = tmp_path / "srv" / "archive.git"  # git itself needs a repository at the path
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    repo = make_repo(tmp_path / "stock", pypi_client)
+    repo.run("git", "remote", "add", "archive", f"gw:{bare}")
+    repo.run("git", "config", "remote.archive.annex-shell", gateway_command(config))
+    # OpenSSH reads the passwd entry's home, not $HOME: point it at the test's config.
+    ssh_config = Path(pypi_client.env["HOME"]) / ".ssh" / "config"
+    repo.run("git", "config", "remote.archive.annex-ssh-options", f"-F {ssh_config}")
+    key = add_file(repo, "s.bin", 1_500_000)
+    repo.annex("copy", "--to", "archive", "s.bin")
+    assert [p.name for p in objects(disk)] == [key]
+    assert "archive" in repo.annex("whereis", "s.bin").stdout
+    repo.annex("drop", "s.bin")
+    repo.annex("get", "s.bin")
+    repo.annex("fsck", "s.bin")
+    repo.annex("drop", "--from", "archive", "s.bin")
+    assert objects(disk) == []
+
+
+def test_proxy_to_a_native_git_annex_cluster(
+    tmp_path: Path,
+    repo: Repo,
+    pypi_client: Client,
+    sshd_factory: SSHDFactory,
+    ssh_client_key: Path,
+) -> None:
+    """gateway=annex+ssh://... target=<cluster UUID>: git-annex-shell p2pstdio --uuid."""
+    # A host whose PATH finds the PyPI git-annex (clusters need 10.20240701 or later).
+    hosts = {"ngw": sshd_factory("ngw", path=[str(pypi_client.bindir), "/usr/bin", "/bin"])}
+    ssh_config_for(Path(repo.client.env["HOME"]), hosts, ssh_client_key)
+    env = pypi_client.env
+
+    def git(cwd: Path | None, *args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+        ).stdout
+
+    gw = tmp_path / "gateway.git"
+    git(None, "init", "-q", "--bare", str(gw))
+    git(gw, "annex", "init", "-q", "gateway")
+    nodes = [tmp_path / f"node{i}.git" for i in (1, 2, 3)]
+    for i, node in enumerate(nodes, 1):
+        git(None, "clone", "-q", "--bare", str(gw), str(node))
+        git(node, "annex", "init", "-q", f"node{i}")
+    git(gw, "annex", "initcluster", "mycluster")
+    for i, node in enumerate(nodes, 1):
+        git(gw, "remote", "add", f"node{i}", str(node))
+        git(gw, "config", f"remote.node{i}.annex-cluster-node", "mycluster")
+    git(gw, "fetch", "-q", "--all")
+    git(gw, "annex", "updatecluster")
+    cluster_uuid = git(gw, "config", "annex.cluster.mycluster").strip()
+    repo.annex(
+        "initremote", "nc", "type=external", "externaltype=proxy", "encryption=none",
+        f"gateway=annex+ssh://ngw{gw}", f"target={cluster_uuid}",
+    )  # fmt: skip
+    proc = repo.annex("testremote", "nc", "--fast", check=False, timeout=900)
+    passed, total = summary_of_testremote(proc.stdout + proc.stderr)
+    assert proc.returncode == 0 and passed == total, proc.stdout[-4000:] + proc.stderr[-4000:]
+    key = add_file(repo, "c.bin", 500_000)
+    repo.annex("copy", "--to", "nc", "c.bin")
+    held = [n.name for n in nodes if any(p.name == key for p in (n / "annex").rglob("*"))]
+    assert held == ["node1.git", "node2.git", "node3.git"]

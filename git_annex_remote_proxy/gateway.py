@@ -32,7 +32,9 @@ from shared.cluster import Cluster
 from shared.errors import ClusterError, ConfigError, IntegrityError
 from shared.keys import ContentVerifier, Key
 from shared.nodes import open_node
+from shared.nodes.annex import AnnexNode
 from shared.nodes.base import UNKNOWN_SIZE, Readable
+from shared.nodes.retry import RetryingNode
 from shared.p2p.io import Mode, Server
 
 BLOCK = 1024 * 1024
@@ -69,8 +71,39 @@ class _Verified:
 class ClusterBackend:
     """``shared.p2p.io.Backend`` over a cluster (a single-node target is a cluster of one)."""
 
-    def __init__(self, cluster: Cluster, log: Callable[[str], None]) -> None:
-        self.cluster, self.log = cluster, log
+    def __init__(
+        self, cluster: Cluster, log: Callable[[str], None], own_uuid: str | None = None
+    ) -> None:
+        self.cluster, self.log, self.own_uuid = cluster, log, own_uuid
+
+        self.bypass(())  # even a client that sends no BYPASS must not start a cycle
+
+    def bypass(self, uuids: tuple[str, ...]) -> None:
+        """BYPASS from the client: targets of gateways already on this request's path.
+        Nodes that are such gateways are left out (a cycle ends here), and the nodes that
+        are other gateways are told the path so far, ours included."""
+        path = (*uuids, *((self.own_uuid,) if self.own_uuid else ()))
+        keep = []
+        for node in self.cluster.nodes:
+            inner = node.inner if isinstance(node, RetryingNode) else node
+            if isinstance(inner, AnnexNode) and inner.is_gateway:
+                if uuids:
+                    try:
+                        uuid: str | None = inner.discover_uuid()
+                    except ClusterError as e:
+                        self.log(f"node {node.name}: {e}")
+                        uuid = None
+                    if uuid in uuids:
+                        self.log(f"node {node.name} is gateway target {uuid}, already on the path")
+                        continue
+                inner.bypass = path
+            keep.append(node)
+        if len(keep) != len(self.cluster.nodes):
+            if not keep:
+                raise ClusterError("every node of this target is already on the request's path")
+            copies = min(self.cluster.copies, len(keep))
+            mincopies = min(self.cluster.mincopies, copies)
+            self.cluster = Cluster(keep, copies, mincopies, log=_debug)
 
     def present(self, key: Key) -> bool:
         return self.cluster.present(key)  # PresenceUnknown: the server answers ERROR
@@ -270,10 +303,13 @@ def _serve_target(target: Target, client_uuid: str | None, mode: str) -> int:
     specs = target.specs()
     nodes = [open_node(s, target.uuid) for s in specs]
     cluster = Cluster(nodes, copies=target.copies, mincopies=target.mincopies, log=_debug)
+    backend = ClusterBackend(cluster, _log, target.uuid)
     stream = _Stdio()
     try:
-        Server(stream, ClusterBackend(cluster, _log), target.uuid, mode, log=_log).serve()
+        Server(stream, backend, target.uuid, mode, log=_log).serve()
     finally:
+        if backend.cluster is not cluster:
+            backend.cluster.close()
         cluster.close()
         stream.close()
     del client_uuid  # recorded by git-annex-shell in transfer logs; we keep none

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from conftest import VENV_BIN, Client, Repo, make_repo
@@ -446,3 +447,36 @@ def test_proxy_to_a_native_git_annex_cluster(
     repo.annex("copy", "--to", "nc", "c.bin")
     held = [n.name for n in nodes if any(p.name == key for p in (n / "annex").rglob("*"))]
     assert held == ["node1.git", "node2.git", "node3.git"]
+
+
+def test_nested_gateways_listing_each_other_do_not_loop(
+    tmp_path: Path, repo: Repo, sshd_factory: SSHDFactory, ssh_client_key: Path
+) -> None:
+    """Gateway A's target holds a disk and gateway B's target; B's holds a disk and A's.
+    BYPASS ends the cycle: through either gateway, each disk gets the object once."""
+    hosts = {name: sshd_factory(name) for name in ("gwa", "gwb")}
+    ssh_config_for(Path(repo.client.env["HOME"]), hosts, ssh_client_key)
+    disks = {n: tmp_path / f"disk-{n}" for n in ("a", "b")}
+    commands = {}
+    for n in ("a", "b"):
+        disks[n].mkdir()
+        home = tmp_path / f"home-{n}"
+        ssh_config_for(home, hosts, ssh_client_key)  # each gateway reaches the other
+        commands[n] = gateway_command(tmp_path / f"gw-{n}.toml", home)
+    for me, other in (("a", "b"), ("b", "a")):
+        nested = f"gateway+ssh://gw{other}/t{other}?command={quote(commands[other], safe='')}"
+        config = tmp_path / f"gw-{me}.toml"
+        proxy_cli("add", f"t{me}", f"disk=file://{disks[me]}", f"via={nested}",
+                  "--copies", "2", "--mincopies", "1", config=config)  # fmt: skip
+    for n in ("a", "b"):
+        repo.annex(
+            "initremote", f"gw{n}", "type=external", "externaltype=proxy", "encryption=none",
+            f"gateway=ssh://gw{n}", f"target=t{n}", f"gatewaycommand={commands[n]}",
+        )  # fmt: skip
+    for n in ("a", "b"):
+        key = add_file(repo, f"{n}.bin", 300_000)
+        repo.annex("copy", "--to", f"gw{n}", f"{n}.bin", timeout=120)
+        for disk in disks.values():
+            assert [p.name for p in objects(disk)].count(key) == 1, (n, disk)
+        repo.annex("drop", f"{n}.bin")
+        repo.annex("get", f"{n}.bin", timeout=120)

@@ -23,12 +23,12 @@ def open_node(spec: NodeSpec, client_uuid: str | None = None) -> Node:
         from shared.nodes.sftp import SFTPNode
 
         return RetryingNode(SFTPNode(spec))
-    if spec.scheme in ("annex", "annex+ssh"):
+    if spec.scheme in ("annex", "annex+ssh", "gateway+ssh"):
         from shared.nodes.annex import AnnexNode
         from shared.nodes.retry import RetryingNode
 
         return RetryingNode(AnnexNode(spec, client_uuid))
     raise ConfigError(
         f"node {spec.name}: {spec.scheme}:// nodes are not supported by this version yet; "
-        "use file://, sftp://, annex+ssh:// or annex:/// nodes"
+        "use file://, sftp://, annex+ssh://, annex:/// or gateway+ssh:// nodes"
     )

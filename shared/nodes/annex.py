@@ -85,20 +85,33 @@ def _local_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
 
 
-_PARAMS = ("uuid", "shell")
+_PARAMS = {
+    "annex": ("uuid", "shell"),
+    "annex+ssh": ("uuid", "shell"),
+    "gateway+ssh": ("uuid", "command"),
+}
+GATEWAY_COMMAND = "git-annex-remote-proxy serve"
 
 
 def parse_annex_url(spec: NodeSpec) -> tuple[SSHTarget | None, str]:
-    """(ssh target or None for a local repository, the directory as git-annex-shell takes it)."""
+    """(ssh target or None for a local repository, the directory as git-annex-shell takes it;
+    for ``gateway+ssh://host/TARGET``, ``/TARGET``, which our gateway maps to the target)."""
     parts = urlsplit(spec.url)
-    unknown = sorted(set(spec.params) - set(_PARAMS))
+    known = _PARAMS.get(parts.scheme, ())
+    unknown = sorted(set(spec.params) - set(known))
     if unknown:
         raise ConfigError(
             f"node {spec.name}: unknown parameter(s) for {parts.scheme}:// nodes: "
             + ", ".join(unknown)
-            + " (known: uuid, shell)"
+            + f" (known: {', '.join(known)})"
         )
     path = unquote(parts.path)
+    if parts.scheme == "gateway+ssh":
+        target = path.strip("/")
+        if not parts.hostname or not target or "/" in target:
+            raise ConfigError(
+                f"node {spec.name}: gateway+ssh:// URL is gateway+ssh://[user@]host[:port]/TARGET"
+            )
     if parts.scheme == "annex":
         if parts.netloc or not path.startswith("/"):
             raise ConfigError(
@@ -236,7 +249,13 @@ class AnnexNode(Node):
         super().__init__(spec)
         self.target, self.path = parse_annex_url(spec)
         self.client_uuid = client_uuid or ANONYMOUS_UUID
-        shell = spec.params.get("shell") or "git-annex-shell"
+        gateway = urlsplit(spec.url).scheme == "gateway+ssh"
+        shell = spec.params.get("command" if gateway else "shell") or (
+            GATEWAY_COMMAND if gateway else "git-annex-shell"
+        )
+        self.is_gateway = gateway
+        # Gateways not to reach (BYPASS, P2P v2+): set before the session starts.
+        self.bypass: tuple[str, ...] = ()
         try:
             self.shell = shlex.split(shell)
         except ValueError as e:
@@ -340,7 +359,7 @@ class AnnexNode(Node):
         stream = self._open(argv)
         client = Client(stream)
         try:
-            client.handshake(expect_uuid=uuid)
+            client.handshake(expect_uuid=uuid, bypass=self.bypass)
         except (ClusterError, OSError, EOFError) as e:
             detail = stream.stderr_text() or str(e)
             stream.close()

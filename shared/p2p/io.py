@@ -434,8 +434,10 @@ class Server(_Driver):
     def _handle(self, req: Message) -> None:
         if isinstance(req, m.Version):
             self._send(m.Version(min(req.version, self.conn.max_version)))
-        elif isinstance(req, m.Bypass):
-            pass  # no reply; we do not relay to other gateways
+        elif isinstance(req, m.Bypass):  # no reply; a backend relaying to gateways uses it
+            hook = getattr(self.backend, "bypass", None)
+            if hook is not None:
+                hook(req.uuids)
         elif isinstance(req, m.CheckPresent):
             try:
                 present = self.backend.present(req.key)

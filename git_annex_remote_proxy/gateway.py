@@ -133,6 +133,7 @@ class ClusterBackend:
         return None
 
     def retrieve(self, key: Key, offset: int) -> tuple[int, Iterator[bytes]] | None:
+        _debug(f"get {key} from byte {offset}")
         size = self._size(key)
         if size is None:
             return None

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -480,3 +481,43 @@ def test_nested_gateways_listing_each_other_do_not_loop(
             assert [p.name for p in objects(disk)].count(key) == 1, (n, disk)
         repo.annex("drop", f"{n}.bin")
         repo.annex("get", f"{n}.bin", timeout=120)
+
+
+def test_gateway_restart_mid_download_resumes(tmp_path: Path, repo: Repo, gw_host: str) -> None:
+    config, log = tmp_path / "gw.toml", tmp_path / "gateway.log"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proxy_cli("add", "disk", f"d=file://{disk}", config=config)
+    wrapper = tmp_path / "serve.sh"  # the gateway's debug log goes to a file
+    wrapper.write_text(
+        f'#!/bin/sh\nGIT_ANNEX_REMOTE_PROXY_DEBUG=1 exec {PROXY} serve --config {config} "$@" '
+        f"2>>{log}\n"
+    )
+    wrapper.chmod(0o755)
+    repo.annex(
+        "initremote", "gw", "type=external", "externaltype=proxy", "encryption=none",
+        "gateway=ssh://gw", "target=disk", f"gatewaycommand={wrapper}",
+    )  # fmt: skip
+    key = add_file(repo, "big.bin", 200 * 1024 * 1024)
+    repo.annex("copy", "--to", "gw", "big.bin")
+    repo.annex("drop", "big.bin")
+    get = subprocess.Popen(
+        ["git", "annex", "get", "big.bin"],
+        cwd=repo.path,
+        env=repo.client.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    partial = repo.path / ".git" / "annex" / "tmp" / key
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 20 * 1024 * 1024):
+        assert time.monotonic() < deadline and get.poll() is None, "the download did not start"
+        time.sleep(0.01)
+    # The gateway goes away mid-transfer (its serve processes killed, as by a restart).
+    subprocess.run(["pkill", "-KILL", "-f", f"serve --config {config}"], check=False)
+    out, _ = get.communicate(timeout=300)
+    assert get.returncode == 0, out
+    repo.annex("fsck", "big.bin")
+    offsets = [int(w.split()[-1]) for w in log.read_text().splitlines() if "from byte" in w]
+    assert offsets[0] == 0 and offsets[-1] > 0, offsets  # resumed, not restarted

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from git_annex_remote_proxy.config import GatewayConfig, Target
-from shared.cluster import Cluster
+from shared.cluster import Cluster, RemoveFailed
 from shared.errors import ClusterError, ConfigError, IntegrityError
 from shared.keys import ContentVerifier, Key
 from shared.nodes import open_node
@@ -119,7 +119,15 @@ class ClusterBackend:
         outcome = self.cluster.store_stream(key, _Verified(data, key, length, valid), length)
         if outcome.failed:
             self.log(f"store {key}: {outcome.describe_failures()}")
-        return ()
+        return self._uuids(outcome.stored + outcome.already)
+
+    def _uuids(self, names: list[str]) -> tuple[str, ...]:
+        """The UUIDs of those nodes that are repositories (or other gateways' targets):
+        reported in SUCCESS-PLUS/FAILURE-PLUS, as a native cluster gateway reports its
+        nodes, so that a git-annex client records where the key really is."""
+        return tuple(
+            uuid for n in self.cluster.nodes if n.name in names and (uuid := n.uuid) is not None
+        )
 
     def _size(self, key: Key) -> int | None:
         size = key.content_size
@@ -183,8 +191,13 @@ class ClusterBackend:
             thread.join(timeout=5)
 
     def remove(self, key: Key) -> tuple[bool, tuple[str, ...]]:
-        self.cluster.remove(key)  # RemoveFailed names the nodes: the server says FAILURE
-        return True, ()
+        everyone = [n.name for n in self.cluster.nodes]
+        try:
+            self.cluster.remove(key)
+        except RemoveFailed as e:  # FAILURE(-PLUS): removed from the others only
+            self.log(str(e))
+            return False, self._uuids([n for n in everyone if n not in e.failed])
+        return True, self._uuids(everyone)
 
     def lock(self, key: Key) -> bool:
         return False  # no locks across the nodes yet: git-annex then does not rely on one

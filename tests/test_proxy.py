@@ -521,3 +521,27 @@ def test_gateway_restart_mid_download_resumes(tmp_path: Path, repo: Repo, gw_hos
     repo.annex("fsck", "big.bin")
     offsets = [int(w.split()[-1]) for w in log.read_text().splitlines() if "from byte" in w]
     assert offsets[0] == 0 and offsets[-1] > 0, offsets  # resumed, not restarted
+
+
+def test_success_plus_names_the_repository_nodes(tmp_path: Path, pypi_client: Client) -> None:
+    """Nodes that are git-annex repositories are reported in SUCCESS-PLUS / FAILURE-PLUS, as a
+    native cluster gateway reports its nodes; plain directories have no UUID to report."""
+    repo_node = tmp_path / "node.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo_node)], check=True)
+    subprocess.run(
+        ["git", "annex", "init", "-q", "node"], cwd=repo_node, env=pypi_client.env, check=True
+    )
+    node_uuid = subprocess.run(
+        ["git", "config", "annex.uuid"], cwd=repo_node, capture_output=True, text=True
+    ).stdout.strip()
+    shell = quote(str(pypi_client.bindir / "git-annex-shell"), safe="/")
+    (tmp_path / "dir").mkdir()
+    config = tmp_path / "gw.toml"
+    proxy_cli("add", "mixed", f"r=annex://{repo_node}?shell={shell}",
+              f"d=file://{tmp_path / 'dir'}", config=config)  # fmt: skip
+    client = session(config, "mixed")
+    data = os.urandom(100_000)
+    key = key_for(data)
+    assert client.put(key, io.BytesIO(data), len(data)).uuids == (node_uuid,)
+    assert client.remove(key) == (True, (node_uuid,))
+    client.close()

@@ -8,13 +8,14 @@ PY      := $(VENV)/bin/python
 # Tests and the demo find git-annex (PyPI) and git-annex-remote-cluster here.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean bench
+.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean bench bench-proxy
 
 help:
 	@echo "make demo       set up and run a cluster demo on three local directories"
 	@echo "make test       set up and run lint plus the test suite (fast matrix)"
 	@echo "make test-full  also the slow suites (full git annex testremote)"
 	@echo "make lint       ruff and mypy"
+	@echo "make bench-proxy  our gateway against direct access (and native git-annex's proxy)"
 
 venv: $(VENV)/.installed
 
@@ -46,6 +47,9 @@ test-full: sysdeps-test venv lint
 
 bench: sysdeps-test venv
 	$(PY) bench/cluster_vs_native.py $(BENCH_ARGS)
+
+bench-proxy: sysdeps-test venv
+	$(PY) bench/proxy_overhead.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -545,3 +545,27 @@ def test_success_plus_names_the_repository_nodes(tmp_path: Path, pypi_client: Cl
     assert client.put(key, io.BytesIO(data), len(data)).uuids == (node_uuid,)
     assert client.remove(key) == (True, (node_uuid,))
     client.close()
+
+
+def test_gateway_refusals_reach_the_user_in_one_line(
+    tmp_path: Path, repo: Repo, gw_host: str, sshd_factory: SSHDFactory
+) -> None:
+    config = tmp_path / "gw.toml"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proxy_cli("add", "disk", f"d=file://{disk}", config=config)
+    repo.annex(
+        "initremote", "ro", "type=external", "externaltype=proxy", "encryption=none",
+        "gateway=ssh://gw", "target=disk",
+        f"gatewaycommand={PROXY} serve --readonly --config {config}",
+    )  # fmt: skip
+    add_file(repo, "r.bin", 10_000)
+    proc = repo.annex("copy", "--to", "ro", "r.bin", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "read-only; write access denied" in text
+    assert objects(disk) == []
+    # The gateway's host key changes: refused, with the command that fixes it.
+    sshd_factory("gw").restart(new_host_key=True)
+    proc = repo.annex("copy", "--to", "ro", "r.bin", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "changed" in text.lower() and "ssh-keygen -R" in text

@@ -422,6 +422,12 @@ class AnnexNode(Node):
         return UNKNOWN_SIZE if size is None else size
 
     def store(self, key: Key, source: Readable, size: int) -> bool:
+        if key.is_chunk and (key.size is not None or key.new_hash() is not None):
+            raise IntegrityError(
+                f"{key} is a chunk of unencrypted content, which a git-annex repository "
+                "refuses (it does not match its key); use encryption= with chunk=, or no chunk=",
+                self.name,
+            )
         with self._request(f"storing {key}", IO_TIMEOUT + size / VERIFY_RATE) as client:
             try:
                 result = client.put(key, _Exact(source, size, key, self.name), size)

@@ -180,8 +180,10 @@ class Cluster:
         self._judge(key, wave, wrote, results, outcome, 0)
         if outcome.copies < self.mincopies:
             for n in self.nodes:
-                if n not in wave:
-                    outcome.failed.setdefault(n.name, "not in this store's wave")
+                if n not in candidates:
+                    outcome.failed.setdefault(
+                        n.name, "takes no new data (readonly, drain or weight 0)"
+                    )
             raise StoreFailed(outcome, self.mincopies)
         return outcome
 

@@ -17,18 +17,7 @@ def _protocol() -> int:
     from git_annex_remote_cluster.remote import ClusterRemote
     from shared import annexproto
 
-    remote: ClusterRemote | None = None
-
-    def factory(master: annexproto.AnnexMaster) -> ClusterRemote:
-        nonlocal remote
-        remote = ClusterRemote(master)
-        return remote
-
-    try:
-        return annexproto.run(factory)
-    finally:
-        if remote is not None:
-            remote.close()
+    return annexproto.run(ClusterRemote)
 
 
 def main(argv: list[str] | None = None) -> int:

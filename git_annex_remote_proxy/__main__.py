@@ -17,18 +17,7 @@ def _protocol() -> int:
     from git_annex_remote_proxy.remote import ProxyRemote
     from shared import annexproto
 
-    remote: ProxyRemote | None = None
-
-    def factory(master: annexproto.AnnexMaster) -> ProxyRemote:
-        nonlocal remote
-        remote = ProxyRemote(master)
-        return remote
-
-    try:
-        return annexproto.run(factory)
-    finally:
-        if remote is not None:
-            remote.close()
+    return annexproto.run(ProxyRemote)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -320,6 +320,9 @@ class Remote(annexremote.SpecialRemote):  # type: ignore[misc]
     def whereis(self, key: str) -> str:
         raise UnsupportedRequest()
 
+    def close(self) -> None:
+        """Release connections; ``run`` calls it once the conversation is over."""
+
 
 def run(
     factory: Callable[[AnnexMaster], Remote],
@@ -332,9 +335,11 @@ def run(
     With ``stdout=None`` (real use) fd 1 is claimed for the protocol first.
     """
     master = AnnexMaster(claim_stdout() if stdout is None else stdout)
+    remote: Remote | None = None
     try:
         try:
-            master.LinkRemote(factory(master))
+            remote = factory(master)
+            master.LinkRemote(remote)
         except Exception as exc:
             traceback.print_exc()  # before VERSION only ERROR is safe to send
             master._send("ERROR", describe(exc))
@@ -343,4 +348,6 @@ def run(
     except SystemExit as exc:  # annexremote's Remote.error() on git-annex's ERROR
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        if remote is not None:
+            remote.close()
         master.close()

@@ -18,7 +18,7 @@ from typing import BinaryIO
 from shared.errors import ClusterError, ConfigError, NodeError, NotFound
 from shared.fanout import QueueReader, fan_out
 from shared.keys import Key
-from shared.nodes.base import UNKNOWN_SIZE, Node, Readable, Writable
+from shared.nodes.base import UNKNOWN_SIZE, CountingSink, Node, Readable, Writable
 from shared.placement import rendezvous_order
 
 Progress = Callable[[int], None]
@@ -283,17 +283,14 @@ class Cluster:
                 except Exception as e:
                     errors[node.name] = _reason(e)
                     self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
-        if errors:
-            detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
-            raise RetrieveFailed(f"could not get {key} from any node ({detail})")
-        raise RetrieveFailed(f"{key} is on none of the nodes ({', '.join(absent)})")
+        raise _retrieve_failed(key, errors, absent)
 
     def retrieve_stream(self, key: Key, sink: Writable, offset: int = 0) -> str:
         """Write the key's content from ``offset`` to ``sink``, falling over to the next
         node from where the last one stopped; return the node that finished it."""
         errors: dict[str, str] = {}
         absent: list[str] = []
-        counting = _CountingSink(sink)
+        counting = CountingSink(sink)
         for node in self.retrieve_order(key):
             try:
                 node.retrieve(key, counting, offset + counting.count)
@@ -303,10 +300,7 @@ class Cluster:
             except Exception as e:
                 errors[node.name] = _reason(e)
                 self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
-        if errors:
-            detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
-            raise RetrieveFailed(f"could not get {key} from any node ({detail})")
-        raise RetrieveFailed(f"{key} is on none of the nodes ({', '.join(absent)})")
+        raise _retrieve_failed(key, errors, absent)
 
     # -- presence -----------------------------------------------------------
 
@@ -356,13 +350,12 @@ class Cluster:
             raise RemoveFailed(key, failed)
 
 
-class _CountingSink:
-    def __init__(self, sink: Writable) -> None:
-        self.sink, self.count = sink, 0
-
-    def write(self, data: bytes) -> None:
-        self.sink.write(data)
-        self.count += len(data)
+def _retrieve_failed(key: Key, errors: dict[str, str], absent: list[str]) -> RetrieveFailed:
+    """Why no node gave the key: their errors, or that none holds it."""
+    if errors:
+        detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
+        return RetrieveFailed(f"could not get {key} from any node ({detail})")
+    return RetrieveFailed(f"{key} is on none of the nodes ({', '.join(absent)})")
 
 
 class _ProgressSink:

@@ -43,6 +43,21 @@ class Writable(Protocol):
 
 
 BLOCK = 1024 * 1024
+
+
+class CountingSink:
+    """Counts what reached the sink, so a download that fails over or is retried
+    continues where it stopped."""
+
+    def __init__(self, sink: Writable) -> None:
+        self.sink = sink
+        self.count = 0
+
+    def write(self, data: bytes) -> None:
+        self.sink.write(data)
+        self.count += len(data)
+
+
 UNKNOWN_SIZE = -1  # present, size not known (see the contract above)
 
 

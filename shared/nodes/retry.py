@@ -25,21 +25,9 @@ from tenacity import (
 
 from shared.errors import Unavailable, is_transient
 from shared.keys import Key
-from shared.nodes.base import Node, Readable, Usage, Writable
+from shared.nodes.base import CountingSink, Node, Readable, Usage, Writable
 
 T = TypeVar("T")
-
-
-class _Counting:
-    """Counts what reached the sink, so a retried download continues where it stopped."""
-
-    def __init__(self, sink: Writable) -> None:
-        self.sink = sink
-        self.count = 0
-
-    def write(self, data: bytes) -> None:
-        self.sink.write(data)
-        self.count += len(data)
 
 
 class RetryingNode(Node):
@@ -123,7 +111,7 @@ class RetryingNode(Node):
             raise
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
-        counting = _Counting(sink)
+        counting = CountingSink(sink)
         self._call(lambda: self.inner.retrieve(key, counting, offset + counting.count))
 
     def remove(self, key: Key) -> None:

@@ -223,15 +223,10 @@ class Client(_Driver):
         """Send the object from the offset the server asks for (skipping that much of
         ``source``, which is read sequentially). Raises PeerRefused when the server says
         no (ERROR, or FAILURE after the data: it did not verify or could not store)."""
-        self._send(m.Put(af, key))
-        ev = self._reply()
-        if isinstance(ev, m.AlreadyHave):
-            return PutResult(False)
-        if isinstance(ev, m.AlreadyHavePlus):
-            return PutResult(False, ev.uuids)
-        if not isinstance(ev, m.PutFrom):
-            raise self._refused(ev, "PUT")
-        offset = ev.offset
+        offer = self._offer(key, af)
+        if isinstance(offer, PutResult):
+            return offer
+        offset = offer
         if offset > size:
             raise PeerProtocolError(f"PUT-FROM {offset} is past the end of a {size}-byte object")
         _skip(source, offset)
@@ -243,17 +238,11 @@ class Client(_Driver):
         self._send_payload(source, size - offset, progress)
         if self.version >= 1:
             self._send(m.Valid())  # we read it in one pass; git-annex verifies the hash
-        ev = self._reply()
-        if isinstance(ev, m.Success):
-            return PutResult(True)
-        if isinstance(ev, m.SuccessPlus):
-            return PutResult(True, ev.uuids)
-        if isinstance(ev, (m.Failure, m.FailurePlus)):
-            raise PeerRefused(
-                "the repository did not accept the content: it did not match the key, or it "
-                "could not be written there"
-            )
-        raise self._refused(ev, "the data of a PUT")
+        return self._stored(
+            "the repository did not accept the content: it did not match the key, or it "
+            "could not be written there",
+            "the data of a PUT",
+        )
 
     def data_present(self, key: Key, af: str | None = None) -> PutResult:
         """Store ``key`` by telling the server (v4+) that its content already reached the
@@ -264,6 +253,16 @@ class Client(_Driver):
         anything is sent."""
         if self.version < 4:
             raise LocalProtocolError(f"DATA-PRESENT needs protocol version 4, not {self.version}")
+        offer = self._offer(key, af)
+        if isinstance(offer, PutResult):
+            return offer
+        self._send(m.DataPresent())
+        return self._stored(
+            "the repository does not have the content said to be there", "DATA-PRESENT"
+        )
+
+    def _offer(self, key: Key, af: str | None) -> PutResult | int:
+        """PUT: the server has the key already (a PutResult), or the offset it wants."""
         self._send(m.Put(af, key))
         ev = self._reply()
         if isinstance(ev, m.AlreadyHave):
@@ -272,15 +271,18 @@ class Client(_Driver):
             return PutResult(False, ev.uuids)
         if not isinstance(ev, m.PutFrom):
             raise self._refused(ev, "PUT")
-        self._send(m.DataPresent())
+        return ev.offset
+
+    def _stored(self, failure: str, what: str) -> PutResult:
+        """The server's verdict on a PUT's content: stored, or PeerRefused(failure)."""
         ev = self._reply()
         if isinstance(ev, m.Success):
             return PutResult(True)
         if isinstance(ev, m.SuccessPlus):
             return PutResult(True, ev.uuids)
         if isinstance(ev, (m.Failure, m.FailurePlus)):
-            raise PeerRefused("the repository does not have the content said to be there")
-        raise self._refused(ev, "DATA-PRESENT")
+            raise PeerRefused(failure)
+        raise self._refused(ev, what)
 
     def get(
         self,

@@ -13,33 +13,25 @@ RSS and whole-machine CPU. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
-import importlib.util
 import json
 import operator
 import os
 import shutil
-import signal
 import statistics
 import sys
 import time
 from argparse import SUPPRESS
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from subprocess import DEVNULL, PIPE, Popen
 from typing import Any
 from urllib.parse import quote
 
-from shared.nodeurl import parse_size
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import MIB, REPO, Harness, fresh_scratch
 from sshd import SSHD, ssh_config_for  # tests/sshd.py: private sshd, stopped by pid
 
-REPO = Path(__file__).resolve().parent.parent
-MIB = 1024 * 1024
-HZ = os.sysconf("SC_CLK_TCK")
+from shared.nodeurl import parse_size
+
 HOSTS = (1, 2, 3)
 BIG, SMALL = "big.bin", "small"
 OPS = ("big-copy", "big-get", "small-copy", "small-get")
@@ -72,97 +64,13 @@ class Cluster:
     keys: dict[str, set[str]]  # BIG / SMALL -> annex keys
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / HZ, v[7] / HZ
-
-
-def real_git_annex() -> Path:
-    spec = importlib.util.find_spec("git_annex")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("the PyPI git-annex package is missing from this Python: run make venv")
-    return Path(next(iter(spec.submodule_search_locations))) / "git-annex"
-
-
-class Bench:
-    """The scratch world: tools, HOME, sshd hosts, and every process we started."""
+class Bench(Harness):
+    """The scratch world: tools, HOME, three sshd hosts, and every process we started."""
 
     def __init__(self, scratch: Path, our_scheme: str) -> None:
-        self.scratch, self.our_scheme = scratch, our_scheme
-        self.bin, self.srvbin = scratch / "bin", scratch / "srvbin"
-        self.home, self.logs = scratch / "home", scratch / "logs"
-        self.sshds: list[SSHD] = []
-        self.current: Popen[Any] | None = None
-        self.clients: list[Path] = []
+        super().__init__(scratch)
+        self.our_scheme = our_scheme
         self.clusters: list[Cluster] = []  # every contender built, measured or not
-        self.ga = real_git_annex()
-        self.env = {
-            "PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(self.home),
-            "LANG": "C.UTF-8",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "MAGIC": str(self.ga.parent / "magic.mgc"),
-            "TMPDIR": str(scratch / "tmp"),
-        }
-
-    # -- processes ------------------------------------------------------------
-
-    def spawn(self, argv: list[str], cwd: Path | None, out: Any, err: Any, **kw: Any) -> Popen[Any]:
-        """Start a command in its own process group, so cleanup can kill git *and* git-annex."""
-        kw.update(cwd=cwd, env=self.env, stdin=DEVNULL, stdout=out, stderr=err, process_group=0)
-        self.current = Popen(argv, **kw)
-        return self.current
-
-    def run(self, *cmd: str | Path, cwd: Path | None = None, check: bool = True) -> str:
-        """An untimed step; its output goes to logs/setup.log, stdout is returned."""
-        argv = [str(c) for c in cmd]
-        p = self.spawn(argv, cwd, PIPE, PIPE, text=True)
-        out, err = p.communicate()
-        self.current = None
-        with open(self.logs / "setup.log", "a") as log:
-            log.write(f"$ {' '.join(argv)}  (in {cwd})\n{out}{err}")
-        if check and p.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}:\n{err}")
-        return str(out)
-
-    def git(self, cwd: Path | None, *args: str | Path) -> str:
-        return self.run("git", *args, cwd=cwd)
-
-    def timed(self, cmd: list[str], cwd: Path, label: str) -> tuple[float, float, float, Any]:
-        """Run cmd after a sync: wall s, busy and steal machine CPU s, the tree's rusage."""
-        os.sync()
-        b0, s0 = machine_cpu()
-        t0 = time.monotonic()
-        with open(self.logs / f"{label}.log", "w") as log:
-            p = self.spawn(cmd, cwd, log, log)
-            _, status, ru = os.wait4(p.pid, 0)
-            p.returncode = os.waitstatus_to_exitcode(status)
-            self.current = None
-        wall = time.monotonic() - t0
-        b1, s1 = machine_cpu()
-        if p.returncode != 0:
-            tail = (self.logs / f"{label}.log").read_text()[-2000:]
-            raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}:\n{tail}")
-        return wall, b1 - b0, s1 - s0, ru
-
-    def close_masters(self) -> None:
-        """git-annex leaves ssh ControlMasters (ControlPersist) behind after -J runs: end them."""
-        for client in self.clients:
-            for sock in (client / ".git/annex/ssh").glob("*"):
-                if sock.is_socket():
-                    self.run("ssh", "-S", sock, "-O", "exit", sock.name, check=False)
-
-    def cleanup(self) -> None:
-        """Idempotent: the finally block, atexit and signals may all get here."""
-        if self.current is not None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.current.pid, signal.SIGKILL)
-            self.current = None
-        self.close_masters()
-        for server in self.sshds:
-            server.stop()  # by pid: the listener and its connection children
 
     # -- the world --------------------------------------------------------------
 
@@ -232,7 +140,7 @@ class Bench:
         self.git(None, "init", "-q", "--bare", gw)
         self.git(gw, "annex", "init", "-q", "gateway")
         self.git(None, "clone", "-q", f"benchhost1:{gw}", client)
-        self.clients.append(client)
+        self.ssh_dirs.append(client / ".git/annex/ssh")
         self.git(client, "annex", "init", "-q", "client-native")
         self.git(client, "commit", "-q", "--allow-empty", "-m", "init")
         self.git(client, "annex", "sync", "-q", "--no-content", "origin")
@@ -280,7 +188,7 @@ class Bench:
         """client-IMPL with our cluster remote IMPL (copies=3) over these node URLs."""
         client = self.scratch / f"client-{impl}"
         client.mkdir()
-        self.clients.append(client)
+        self.ssh_dirs.append(client / ".git/annex/ssh")
         self.git(client, "init", "-q")
         self.git(client, "annex", "init", "-q", f"client-{impl}")
         node_list = " ".join(f"n{i}={u}" for i, u in zip(HOSTS, urls, strict=True))
@@ -496,18 +404,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    scratch: Path = args.dir.resolve()
-    if scratch in (Path("/"), Path.home(), REPO) or REPO.is_relative_to(scratch):
-        sys.exit(f"refusing to wipe {scratch}")
-    shutil.rmtree(scratch, ignore_errors=True)
+    scratch = fresh_scratch(args.dir)
     bench = Bench(scratch, args.our_scheme)
-    atexit.register(bench.cleanup)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    bench.install_cleanup()
     t0, load = time.monotonic(), Path("/proc/loadavg").read_text().split()[0]
     try:
         bench.setup_tools()

@@ -15,32 +15,23 @@ via/direct of each pair. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
-import importlib.util
 import json
 import operator
 import os
 import shutil
-import signal
 import statistics
 import sys
-import threading
 import time
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from subprocess import DEVNULL, PIPE, Popen, TimeoutExpired
 from typing import Any
+
+from harness import MIB, REPO, Harness, fresh_scratch
+from sshd import SSHD, ssh_config_for  # tests/sshd.py: private sshd, stopped by pid
 
 from shared.nodeurl import parse_size
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from sshd import SSHD, ssh_config_for  # tests/sshd.py: private sshd, stopped by pid
-
-REPO = Path(__file__).resolve().parent.parent
-MIB = 1024 * 1024
-HZ = os.sysconf("SC_CLK_TCK")
 GW, NODE = "gwhost", "nodehost"
 BIG = "big.bin"
 OPS = ("copy", "get")
@@ -74,112 +65,13 @@ class Contender:
     key: str
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / HZ, v[7] / HZ
-
-
-def real_git_annex() -> Path:
-    spec = importlib.util.find_spec("git_annex")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("the PyPI git-annex package is missing from this Python: run make venv")
-    return Path(next(iter(spec.submodule_search_locations))) / "git-annex"
-
-
-class Bench:
+class Bench(Harness):
     """The scratch world: tools, two HOMEs, two sshd hosts, and every process we started."""
 
     def __init__(self, scratch: Path, timeout: float) -> None:
-        self.scratch, self.timeout = scratch, timeout
-        self.bin, self.srvbin = scratch / "bin", scratch / "srvbin"
-        self.home, self.gw_home = scratch / "home", scratch / "gw-home"
-        self.logs = scratch / "logs"
-        self.sshds: list[SSHD] = []
-        self.current: Popen[Any] | None = None
-        self.ssh_dirs: list[Path] = []  # where git-annex keeps ssh ControlMaster sockets
-        self.ga = real_git_annex()
+        super().__init__(scratch, timeout)
+        self.gw_home = scratch / "gw-home"
         self.proxy = REPO / ".venv/bin/git-annex-remote-proxy"
-        self.env = {
-            "PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(self.home),
-            "LANG": "C.UTF-8",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "MAGIC": str(self.ga.parent / "magic.mgc"),
-            "TMPDIR": str(scratch / "tmp"),
-        }
-
-    # -- processes ------------------------------------------------------------
-
-    def spawn(self, argv: list[str], cwd: Path | None, out: Any, err: Any, **kw: Any) -> Popen[Any]:
-        """Start a command in its own process group, so cleanup can kill git *and* git-annex."""
-        kw.update(cwd=cwd, env=self.env, stdin=DEVNULL, stdout=out, stderr=err, process_group=0)
-        self.current = Popen(argv, **kw)
-        return self.current
-
-    def kill_current(self) -> None:
-        if self.current is not None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.current.pid, signal.SIGKILL)
-
-    def run(self, *cmd: str | Path, cwd: Path | None = None, check: bool = True) -> str:
-        """An untimed step; its output goes to logs/setup.log, stdout is returned."""
-        argv = [str(c) for c in cmd]
-        p = self.spawn(argv, cwd, PIPE, PIPE, text=True)
-        try:
-            out, err = p.communicate(timeout=self.timeout)
-        except TimeoutExpired:
-            self.kill_current()
-            out, err = p.communicate()
-            err += f"\n(killed after {self.timeout:g} s)"
-            p.returncode = -signal.SIGKILL
-        self.current = None
-        with open(self.logs / "setup.log", "a") as log:
-            log.write(f"$ {' '.join(argv)}  (in {cwd})\n{out}{err}")
-        if check and p.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}:\n{err}")
-        return str(out)
-
-    def git(self, cwd: Path | None, *args: str | Path) -> str:
-        return self.run("git", *args, cwd=cwd)
-
-    def timed(self, cmd: list[str], cwd: Path, label: str) -> tuple[float, float, float, Any]:
-        """Run cmd after a sync: wall s, busy and steal machine CPU s, the tree's rusage."""
-        os.sync()
-        b0, s0 = machine_cpu()
-        t0 = time.monotonic()
-        with open(self.logs / f"{label}.log", "w") as log:
-            p = self.spawn(cmd, cwd, log, log)
-            watchdog = threading.Timer(self.timeout, self.kill_current)  # a hang ends the run
-            watchdog.start()
-            _, status, ru = os.wait4(p.pid, 0)
-            watchdog.cancel()
-            p.returncode = os.waitstatus_to_exitcode(status)
-            self.current = None
-        wall = time.monotonic() - t0
-        b1, s1 = machine_cpu()
-        if p.returncode != 0:
-            tail = (self.logs / f"{label}.log").read_text()[-2000:]
-            hung = f" (killed after {self.timeout:g} s)" if wall >= self.timeout else ""
-            raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}{hung}:\n{tail}")
-        return wall, b1 - b0, s1 - s0, ru
-
-    def close_masters(self) -> None:
-        """End the ssh ControlMasters git-annex leaves behind (ControlPersist), in the clients
-        and in the native gateway (its connection to the node): every measurement starts cold."""
-        for d in self.ssh_dirs:
-            for sock in d.glob("*"):
-                if sock.is_socket():
-                    self.run("ssh", "-S", sock, "-O", "exit", sock.name, check=False)
-
-    def cleanup(self) -> None:
-        """Idempotent: the finally block, atexit and signals may all get here."""
-        self.kill_current()
-        self.current = None
-        self.close_masters()
-        for server in self.sshds:
-            server.stop()  # by pid: the listener and its connection children (gateways too)
 
     # -- the world --------------------------------------------------------------
 
@@ -455,18 +347,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    scratch: Path = args.dir.resolve()
-    if scratch in (Path("/"), Path.home(), REPO) or REPO.is_relative_to(scratch):
-        sys.exit(f"refusing to wipe {scratch}")
-    shutil.rmtree(scratch, ignore_errors=True)
+    scratch = fresh_scratch(args.dir)
     bench = Bench(scratch, args.timeout)
-    atexit.register(bench.cleanup)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    bench.install_cleanup()
     t0, load = time.monotonic(), Path("/proc/loadavg").read_text().split()[0]
     try:
         bench.setup_tools()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from harness import MIB, REPO, Harness, fresh_scratch
+from harness import MIB, REPO, Harness, contenders_of, fresh_scratch
 from sshd import SSHD, ssh_config_for  # tests/sshd.py: private sshd, stopped by pid
 
 from shared.nodeurl import parse_size
@@ -368,14 +368,6 @@ def targets(med: Medians, contenders: list[str]) -> list[dict[str, Any]]:
 # -- main ------------------------------------------------------------------------
 
 
-def contender_list(text: str) -> list[str]:
-    """ "native,ours-annex" -> the contenders in CONTENDERS order."""
-    names = {n.strip() for n in text.split(",") if n.strip()}
-    if not names or names - set(CONTENDERS):
-        raise argparse.ArgumentTypeError(f"choose among {', '.join(CONTENDERS)}, not {text!r}")
-    return [c for c in CONTENDERS if c in names]
-
-
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=Path("/tmp/cluster-bench"), help="scratch dir")
@@ -386,7 +378,7 @@ def parse_args() -> argparse.Namespace:
     which = ap.add_mutually_exclusive_group()
     which.add_argument(
         "--contenders",
-        type=contender_list,
+        type=contenders_of(CONTENDERS),
         default=list(CONTENDERS),
         help=f"comma-separated, from {','.join(CONTENDERS)} (default: all)",
     )

@@ -8,6 +8,7 @@ the private sshd hosts by pid.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import importlib.util
 import os
@@ -16,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, Popen, TimeoutExpired
@@ -50,6 +52,18 @@ def fresh_scratch(directory: Path) -> Path:
         sys.exit(f"refusing to wipe {scratch}")
     shutil.rmtree(scratch, ignore_errors=True)
     return scratch
+
+
+def contenders_of(known: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: "a,c" -> those contenders, in the order of ``known``."""
+
+    def parse(text: str) -> list[str]:
+        names = {n.strip() for n in text.split(",") if n.strip()}
+        if not names or names - set(known):
+            raise argparse.ArgumentTypeError(f"choose among {', '.join(known)}, not {text!r}")
+        return [c for c in known if c in names]
+
+    return parse
 
 
 class Harness:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import MIB, REPO, Harness, fresh_scratch
+from harness import MIB, REPO, Harness, contenders_of, fresh_scratch
 from sshd import SSHD, ssh_config_for  # tests/sshd.py: private sshd, stopped by pid
 
 from shared.nodeurl import parse_size
@@ -315,14 +315,6 @@ def targets(med: Medians) -> list[dict[str, Any]]:
 # -- main ------------------------------------------------------------------------
 
 
-def contender_list(text: str) -> list[str]:
-    """ "direct,gateway" -> the contenders in CONTENDERS order."""
-    names = {n.strip() for n in text.split(",") if n.strip()}
-    if not names or names - set(CONTENDERS):
-        raise argparse.ArgumentTypeError(f"choose among {', '.join(CONTENDERS)}, not {text!r}")
-    return [c for c in CONTENDERS if c in names]
-
-
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=Path("/tmp/proxy-bench"), help="scratch dir")
@@ -331,7 +323,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1, help="repetitions; the table shows medians")
     ap.add_argument(
         "--contenders",
-        type=contender_list,
+        type=contenders_of(CONTENDERS),
         default=list(CONTENDERS),
         help=f"comma-separated, from {','.join(CONTENDERS)} (default: all)",
     )

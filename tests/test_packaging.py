@@ -42,38 +42,26 @@ def test_pip_install_gives_working_program(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert version.stdout.startswith("git-annex-remote-cluster ")
-    # Run by git-annex: speaks the protocol, and lists every parameter it accepts.
-    proto = subprocess.run(
-        [sys.executable, str(program)],
-        input="EXTENSIONS INFO\nLISTCONFIGS\n",
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tmp_path,
-    )
-    lines = proto.stdout.splitlines()
-    assert lines[0] == "VERSION 2"
-    assert {ln.split()[1] for ln in lines if ln.startswith("CONFIG ")} == {
-        "nodes",
-        "copies",
-        "mincopies",
-        "nodeuuids",
+    # Run by git-annex: each program speaks the protocol and lists every parameter it accepts.
+    expected = {
+        "git-annex-remote-cluster": {"nodes", "copies", "mincopies", "nodeuuids"},
+        "git-annex-remote-proxy": {"gateway", "target", "gatewaycommand", "nodeuuids"},
     }
-    assert lines[-1] == "CONFIGEND"
-
+    for name, configs in expected.items():
+        proto = subprocess.run(
+            [sys.executable, str(target / "bin" / name)],
+            input="EXTENSIONS INFO\nLISTCONFIGS\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        )
+        lines = proto.stdout.splitlines()
+        assert lines[0] == "VERSION 2", name
+        assert {ln.split()[1] for ln in lines if ln.startswith("CONFIG ")} == configs, name
+        assert lines[-1] == "CONFIGEND", name
     proxy = target / "bin" / "git-annex-remote-proxy"
-    proto = subprocess.run(
-        [sys.executable, str(proxy)],
-        input="EXTENSIONS INFO\nLISTCONFIGS\n",
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tmp_path,
-    )
-    configs = {ln.split()[1] for ln in proto.stdout.splitlines() if ln.startswith("CONFIG ")}
-    assert configs == {"gateway", "target", "gatewaycommand", "nodeuuids"}
     usage = subprocess.run(
         [sys.executable, str(proxy), "gateway", "--help"], env=env, capture_output=True, text=True
     )

@@ -212,7 +212,9 @@ def test_read_only_and_append_only_use_git_annex_texts(
     config, _ = gateway
     data = b"stored before"
     key = key_for(data)
-    session(config, "archive").put(key, io.BytesIO(data), len(data))
+    writer = session(config, "archive")
+    writer.put(key, io.BytesIO(data), len(data))
+    writer.close()
     stream = Pipes([PROXY, "serve", "--config", str(config), *how, "archive"], env)
     client = P2PClient(stream)
     client.handshake()
@@ -269,7 +271,9 @@ def test_git_annex_shell_forms(gateway: tuple[Path, list[Path]]) -> None:
     assert client.uuid == uuid
     client.close()
     other = GatewayConfig.load(config).target("other").uuid
-    assert session(config, "p2pstdio", "/~/archive", "x", "--uuid", other).uuid == other
+    by_uuid = session(config, "p2pstdio", "/~/archive", "x", "--uuid", other)
+    assert by_uuid.uuid == other
+    by_uuid.close()
     bogus = "0b9c8a7e-1111-4222-8333-444455556666"
     proc = subprocess.run(
         [PROXY, "serve", "--config", str(config), "p2pstdio", "/~/archive", "x", "--uuid", bogus],

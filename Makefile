@@ -8,7 +8,7 @@ PY      := $(VENV)/bin/python
 # Tests and the demo find git-annex (PyPI) and git-annex-remote-cluster here.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean bench bench-proxy
+.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean bench bench-proxy bench-s3
 
 help:
 	@echo "make demo       set up and run a cluster demo on three local directories"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-full  also the slow suites (full git annex testremote)"
 	@echo "make lint       ruff and mypy"
 	@echo "make bench-proxy  our gateway against direct access (and native git-annex's proxy)"
+	@echo "make bench-s3   our S3 node against git-annex's native S3 remote (moto_server)"
 
 venv: $(VENV)/.installed
 
@@ -50,6 +51,9 @@ bench: sysdeps-test venv
 
 bench-proxy: sysdeps-test venv
 	$(PY) bench/proxy_overhead.py $(BENCH_ARGS)
+
+bench-s3: sysdeps-test venv
+	$(PY) bench/s3_vs_native.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

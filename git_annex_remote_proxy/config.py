@@ -7,10 +7,12 @@ TOML, one table per target::
     nodes = ["a=file:///srv/a", "b=sftp://store2/srv/b"]
     copies = 2                       # optional, default: every node
     mincopies = 1                    # optional, default: copies
+    ciphers = { b = "..." }          # written by 'gateway add' for encryption=shared nodes
 
 Node URLs and ``copies``/``mincopies`` mean what they mean for the cluster remote.
 The file is rewritten whole through a temp file and a rename, so a reader never
-sees half of it.
+sees half of it; it is created readable by its owner only, since it holds the
+ciphers of encrypting nodes.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import re
 import tempfile
 import tomllib
 import uuid as uuidlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from shared.crypto import Cipher
 from shared.errors import ConfigError
+from shared.nodes import needs_cipher
 from shared.nodeurl import NAME_RE, NodeSpec, parse_node_list
 
 ENV_CONFIG = "GIT_ANNEX_REMOTE_PROXY_CONFIG"
@@ -50,9 +54,16 @@ class Target:
     nodes: list[str]
     copies: int | None = None
     mincopies: int | None = None
+    ciphers: dict[str, str] = field(default_factory=dict)  # node name -> base64 cipher
 
     def specs(self) -> list[NodeSpec]:
-        return parse_node_list(" ".join(self.nodes))
+        """The nodes, each encrypting node with its cipher."""
+        return [
+            replace(s, params={**s.params, "cipher": self.ciphers[s.name]})
+            if needs_cipher(s) and s.name in self.ciphers
+            else s
+            for s in parse_node_list(" ".join(self.nodes))
+        ]
 
     def validate(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -73,12 +84,15 @@ class Target:
         if self.copies and self.mincopies and self.mincopies > self.copies:
             raise ConfigError(f"target {self.name}: mincopies must not exceed copies")
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self, secrets: bool = False) -> dict[str, object]:
+        """What the file holds; the ciphers only with ``secrets`` (never in listings)."""
         out: dict[str, object] = {"uuid": self.uuid, "nodes": list(self.nodes)}
         if self.copies is not None:
             out["copies"] = self.copies
         if self.mincopies is not None:
             out["mincopies"] = self.mincopies
+        if secrets and self.ciphers:
+            out["ciphers"] = dict(self.ciphers)
         return out
 
 
@@ -108,7 +122,7 @@ class GatewayConfig:
         for name, table in tables.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: targets.{name} must be a table")
-            unknown = set(table) - {"uuid", "nodes", "copies", "mincopies"}
+            unknown = set(table) - {"uuid", "nodes", "copies", "mincopies", "ciphers"}
             if unknown:
                 raise ConfigError(
                     f"{path}: targets.{name}: unknown key(s) {', '.join(sorted(unknown))}"
@@ -118,8 +132,14 @@ class GatewayConfig:
                 raise ConfigError(
                     f"{path}: targets.{name}.nodes must be a list of NAME=URL strings"
                 )
+            ciphers = table.get("ciphers", {})
+            if not isinstance(ciphers, dict) or not all(
+                isinstance(v, str) for v in ciphers.values()
+            ):
+                raise ConfigError(f"{path}: targets.{name}.ciphers must map node names to strings")
             target = Target(
                 name=name,
+                ciphers=dict(ciphers),
                 uuid=str(table.get("uuid", "")),
                 nodes=nodes,
                 copies=_opt_int(table, "copies", path, name),
@@ -143,10 +163,19 @@ class GatewayConfig:
         return next((t for t in self.targets.values() if t.uuid == uuid), None)
 
     def add(self, name: str, nodes: list[str], copies: int | None, mincopies: int | None) -> Target:
-        """Add a target, or change the nodes of an existing one (its UUID stays)."""
+        """Add a target, or change the nodes of an existing one (its UUID stays).
+
+        Each node with encryption=shared gets a cipher generated once; existing ones are
+        kept, also for nodes no longer listed (the data they encrypted needs them)."""
         old = self.targets.get(name)
-        target = Target(name, old.uuid if old else str(uuidlib.uuid4()), nodes, copies, mincopies)
+        ciphers = dict(old.ciphers) if old else {}
+        target = Target(
+            name, old.uuid if old else str(uuidlib.uuid4()), nodes, copies, mincopies, ciphers
+        )
         target.validate()
+        for spec in parse_node_list(" ".join(nodes)):
+            if needs_cipher(spec) and spec.name not in ciphers:
+                ciphers[spec.name] = Cipher.generate().to_config()
         self.targets[name] = target
         return target
 
@@ -159,7 +188,7 @@ class GatewayConfig:
         text = "# git-annex-remote-proxy gateway configuration\n"
         for name in sorted(self.targets):
             text += f"\n[targets.{_toml_key(name)}]\n"
-            for key, value in self.targets[name].as_dict().items():
+            for key, value in self.targets[name].as_dict(secrets=True).items():
                 text += f"{key} = {_toml_value(value)}\n"
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".gateway-", suffix=".toml")
         try:
@@ -188,7 +217,10 @@ def _toml_key(name: str) -> str:
 
 
 def _toml_value(value: object) -> str:
-    """Strings, ints and lists of strings: JSON's escaping is valid TOML for these."""
+    """Strings, ints, lists of strings and tables of strings: JSON's escaping is valid TOML
+    for these."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(json.dumps(v) for v in value) + "]"
     return json.dumps(value)

@@ -315,7 +315,9 @@ def _check_allowed(target: Target, allow: Sequence[str]) -> None:
 
 def _serve_target(target: Target, client_uuid: str | None, mode: str) -> int:
     specs = target.specs()
-    nodes = [open_node(s, target.uuid) for s in specs]
+    # Uploads are verified only at their end: never resume over chunks an earlier,
+    # unverified upload left (see shared.nodes.chunked).
+    nodes = [open_node(s, target.uuid, trusted_source=False) for s in specs]
     cluster = Cluster(nodes, copies=target.copies, mincopies=target.mincopies, log=_debug)
     backend = ClusterBackend(cluster, _log, target.uuid)
     stream = _Stdio()

@@ -21,21 +21,27 @@ from shared.cluster import (
     RetrieveFailed,
     StoreFailed,
 )
+from shared.crypto import Cipher
 from shared.errors import ClusterError, InvalidKey
 from shared.keys import Key
-from shared.nodes import open_node
+from shared.nodes import needs_cipher, open_node
 from shared.nodeurl import NodeSpec, parse_node_list
 
 CONFIGS = {
     "nodes": "the cluster's nodes, whitespace-separated NAME=URL entries "
     "(file:///abs/path, sftp://[user@]host[:port]/path, "
-    "annex+ssh://[user@]host[:port]/path or annex:///abs/path, with optional "
-    "?cost=N&weight=W&state=active|readonly|drain)",
+    "annex+ssh://[user@]host[:port]/path, annex:///abs/path or "
+    "s3://bucket/prefix?endpoint=URL, with optional "
+    "?cost=N&weight=W&state=active|readonly|drain; file, sftp and s3 nodes also take "
+    "chunk=SIZE and encryption=shared)",
     "copies": "how many nodes hold each key (default: all nodes)",
     "mincopies": "how many nodes must store a key for a store to succeed (default: copies)",
     "nodeuuids": "recorded by initremote/enableremote: the UUIDs of git-annex repository "
     "nodes (NAME=UUID ...), checked on every connection so that another repository "
     "at a node's path is never written to",
+    "nodeciphers": "recorded by initremote/enableremote: the ciphers of nodes with "
+    "encryption=shared (NAME=BASE64 ...), generated once and never replaced, so that "
+    "every clone reads what any clone wrote",
 }
 
 
@@ -83,6 +89,7 @@ class ClusterRemote(Remote):
                 self.check_chunking(repos)
             repos += [s.name for s in specs if s.scheme == "gateway+ssh"]
             known = _parse_uuids(self.annex.getconfig("nodeuuids")) if recorded else {}
+            specs = self._with_ciphers(specs)
             specs = [
                 replace(s, params={**s.params, "uuid": known[s.name]})
                 if s.name in repos and s.name in known and "uuid" not in s.params
@@ -95,6 +102,30 @@ class ClusterRemote(Remote):
             return Cluster(nodes, copies=copies, mincopies=mincopies, log=self.annex.debug)
         except ClusterError as e:
             raise RemoteError(str(e)) from e
+
+    def _with_ciphers(self, specs: list[NodeSpec]) -> list[NodeSpec]:
+        """Hand each encrypting node its recorded cipher."""
+        ciphers = _parse_uuids(self.annex.getconfig("nodeciphers"))
+        return [
+            replace(s, params={**s.params, "cipher": ciphers[s.name]})
+            if needs_cipher(s) and s.name in ciphers
+            else s
+            for s in specs
+        ]
+
+    def _record_ciphers(self) -> None:
+        """Generate a cipher for each encrypting node that has none. Existing entries are
+        kept, also for nodes no longer listed: the data they encrypted needs them."""
+        ciphers = _parse_uuids(self.annex.getconfig("nodeciphers"))
+        try:
+            specs = self.node_specs()
+        except ClusterError as e:
+            raise RemoteError(str(e)) from e
+        new = [s.name for s in specs if needs_cipher(s) and s.name not in ciphers]
+        for name in new:
+            ciphers[name] = Cipher.generate().to_config()
+        if new:
+            self.annex.setconfig("nodeciphers", " ".join(f"{n}={c}" for n, c in ciphers.items()))
 
     def node_specs(self) -> list[NodeSpec]:
         """The nodes, from the remote's configuration."""
@@ -130,7 +161,9 @@ class ClusterRemote(Remote):
         return self._cluster
 
     def initremote(self) -> None:
-        """Check every node; record the UUIDs of repository nodes (enableremote too)."""
+        """Check every node; record the UUIDs of repository nodes and the ciphers of
+        encrypting nodes (enableremote too)."""
+        self._record_ciphers()
         cluster = self._load(recorded=False)
         problems = []
         uuids = []

@@ -49,6 +49,10 @@ class NoSpace(NodeError):
     """The node is out of space or over its maxsize."""
 
 
+class Unsupported(NodeError):
+    """The node cannot hold this key at all (S3 object names must be UTF-8)."""
+
+
 class IntegrityError(NodeError):
     """Content did not match what was expected (size or hash)."""
 

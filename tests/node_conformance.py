@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from shared.errors import IntegrityError, NodeError, NotFound
+from shared.errors import IntegrityError, NodeError, NotFound, Unsupported
 from shared.fanout import SourceFailed
 from shared.keys import Key
 from shared.nodes.base import UNKNOWN_SIZE, Node
@@ -112,6 +112,14 @@ class BreakingSource:
         return chunk
 
 
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def fetch(node: Node, key: Key, offset: int = 0) -> bytes:
     sink = Sink()
     node.retrieve(key, sink, offset)
@@ -128,6 +136,9 @@ class NodeConformance:
     verifies_content = False
     #: False: ``present`` may answer UNKNOWN_SIZE for keys that carry no size
     tells_sizes = True
+    #: object names must be UTF-8 (S3): a key with other bytes is refused by ``store``
+    #: with ``Unsupported``, and is never present
+    utf8_names_only = False
 
     @pytest.fixture
     def make_node(self) -> NodeFactory:
@@ -359,6 +370,15 @@ class NodeConformance:
         key = Key.parse(text)
         data = payload(key.content_size or 333, seed=len(text))
         assert node.present(key) is None
+        if self.utf8_names_only and not is_utf8(str(key)):
+            with pytest.raises(Unsupported, match="UTF-8"):
+                node.store(key, io.BytesIO(data), len(data))
+            assert node.present(key) is None
+            with pytest.raises(NotFound):
+                fetch(node, key)
+            node.remove(key)
+            self.assert_clean(node)
+            return
         if self.verifies_content and key.backend.startswith(("SHA", "BLAKE", "MD5")):
             with pytest.raises(IntegrityError):  # a made-up hash: no data can match it
                 node.store(key, io.BytesIO(data), len(data))

@@ -1,34 +1,121 @@
-"""Storage backends behind one ``Node`` interface, and the factory that picks one per URL."""
+"""Storage backends behind one ``Node`` interface, and the factory that picks one per URL.
+
+Two layers in git-annex's own formats can sit on top of the storing backends
+(file, sftp, s3): ``chunk=SIZE`` and ``encryption=shared`` (see
+``shared.nodes.chunked`` and ``shared.nodes.encrypted``). Chunking comes first,
+then each chunk is encrypted, as git-annex does.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from shared.errors import ConfigError
 from shared.nodes.base import Node, Usage
-from shared.nodeurl import NodeSpec
+from shared.nodeurl import NodeSpec, parse_size
 
-__all__ = ["Node", "Usage", "open_node"]
+__all__ = ["LAYER_PARAMS", "Node", "Usage", "needs_cipher", "open_node"]
+
+LAYER_PARAMS = ("chunk", "encryption", "mac", "cipher")
+_LAYERED_SCHEMES = ("file", "sftp", "s3")
 
 
-def open_node(spec: NodeSpec, client_uuid: str | None = None) -> Node:
+def needs_cipher(spec: NodeSpec) -> bool:
+    """Whether the node encrypts and no cipher has been given to it yet: the cluster
+    remote (at initremote) and the gateway (at ``gateway add``) generate and record one."""
+    return (
+        spec.params.get("encryption") == "shared"
+        and "cipher" not in spec.params
+        and "annexremote" not in spec.params
+    )
+
+
+def open_node(spec: NodeSpec, client_uuid: str | None = None, trusted_source: bool = True) -> Node:
     """Build the node for a spec; backends are imported lazily to keep start-up cheap.
 
     ``client_uuid`` is who is asking: git-annex repository nodes record transfers
-    under it (the cluster remote passes its own UUID)."""
+    under it (the cluster remote passes its own UUID). ``trusted_source``: False
+    on a gateway, whose uploads are only verified at their end (see
+    ``shared.nodes.chunked``)."""
+    if spec.scheme == "s3" and "annexremote" in spec.params:
+        from shared.nodes.s3 import adopt_annex_remote
+
+        spec = adopt_annex_remote(spec)
+    layers = {k: v for k, v in spec.params.items() if k in LAYER_PARAMS}
+    if layers and spec.scheme not in _LAYERED_SCHEMES:
+        raise ConfigError(
+            f"node {spec.name}: {', '.join(sorted(layers))} apply to file://, sftp:// and s3:// "
+            "nodes; a git-annex repository or gateway stores keys as it is given them"
+        )
+    inner_spec = replace(
+        spec, params={k: v for k, v in spec.params.items() if k not in LAYER_PARAMS}
+    )
+    node = _backend(inner_spec, client_uuid)
+    node = _layer(node, spec, layers, trusted_source)
+    if spec.scheme in ("sftp", "s3", "annex", "annex+ssh", "gateway+ssh"):
+        from shared.nodes.retry import RetryingNode
+
+        # S3 nodes retry each request themselves: here only the "down for a while" part.
+        node = RetryingNode(node, attempts=1 if spec.scheme == "s3" else 3)
+    return node
+
+
+def _backend(spec: NodeSpec, client_uuid: str | None) -> Node:
     if spec.scheme == "file":
         from shared.nodes.file import FileNode
 
         return FileNode(spec)
     if spec.scheme == "sftp":
-        from shared.nodes.retry import RetryingNode
         from shared.nodes.sftp import SFTPNode
 
-        return RetryingNode(SFTPNode(spec))
+        return SFTPNode(spec)
+    if spec.scheme == "s3":
+        from shared.nodes.s3 import S3Node
+
+        return S3Node(spec)
     if spec.scheme in ("annex", "annex+ssh", "gateway+ssh"):
         from shared.nodes.annex import AnnexNode
-        from shared.nodes.retry import RetryingNode
 
-        return RetryingNode(AnnexNode(spec, client_uuid))
+        return AnnexNode(spec, client_uuid)
     raise ConfigError(
-        f"node {spec.name}: {spec.scheme}:// nodes are not supported by this version yet; "
-        "use file://, sftp://, annex+ssh://, annex:/// or gateway+ssh:// nodes"
+        f"node {spec.name}: {spec.scheme}:// nodes are not supported; use file://, sftp://, "
+        "s3://, annex+ssh://, annex:/// or gateway+ssh:// nodes"
     )
+
+
+def _layer(node: Node, spec: NodeSpec, layers: dict[str, str], trusted_source: bool) -> Node:
+    encryption = layers.get("encryption", "none")
+    if encryption == "shared":
+        from shared.crypto import Cipher
+        from shared.nodes.encrypted import EncryptedNode
+
+        if "cipher" not in layers:
+            raise ConfigError(
+                f"node {spec.name}: encryption=shared, but no cipher is recorded for it; "
+                "run git annex enableremote on the cluster remote (or gateway add on a "
+                "gateway) to generate one"
+            )
+        try:
+            cipher = Cipher.from_config(layers["cipher"], layers.get("mac", "HMACSHA1"))
+        except ConfigError as e:
+            raise ConfigError(f"node {spec.name}: {e}") from e
+        node = EncryptedNode(node, cipher)
+    elif encryption != "none":
+        raise ConfigError(
+            f"node {spec.name}: encryption={encryption} is not supported for nodes; "
+            "use encryption=shared or none"
+        )
+    elif "cipher" in layers or "mac" in layers:
+        raise ConfigError(f"node {spec.name}: mac= and cipher= need encryption=shared")
+    chunk = layers.get("chunk", "")
+    if chunk and chunk != "0":
+        from shared.nodes.chunked import ChunkedNode
+
+        try:
+            size = parse_size(chunk)
+        except ConfigError as e:
+            raise ConfigError(f"node {spec.name}: chunk: {e}") from e
+        if size < 1:
+            raise ConfigError(f"node {spec.name}: chunk= must be at least 1 byte, or 0 for none")
+        node = ChunkedNode(node, size, trusted_source=trusted_source)
+    return node

@@ -58,6 +58,19 @@ class CountingSink:
         self.count += len(data)
 
 
+def read_up_to(source: Readable, n: int) -> bytes:
+    """Exactly ``n`` bytes unless the source ends first (streams may return short reads)."""
+    pieces = []
+    got = 0
+    while got < n:
+        block = source.read(n - got)
+        if not block:
+            break
+        pieces.append(block)
+        got += len(block)
+    return b"".join(pieces)
+
+
 UNKNOWN_SIZE = -1  # present, size not known (see the contract above)
 
 
@@ -115,6 +128,12 @@ class Node(ABC):
     @abstractmethod
     def store(self, key: Key, source: Readable, size: int) -> bool: ...
 
+    def overwrite(self, key: Key, source: Readable, size: int) -> None:
+        """Store without asking first whether the key is there (a layer that knows it is
+        not saves a request per object); what is there is replaced atomically. Backends
+        whose ``store`` costs no extra request for that keep this default."""
+        self.store(key, source, size)
+
     @abstractmethod
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None: ...
 
@@ -130,3 +149,33 @@ class Node(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.spec.url}>"
+
+
+class Layer(Node):
+    """A node over another (retries, chunking, encryption): whatever it does not change
+    (cost, locality, identity, free space, closing) is the inner node's."""
+
+    def __init__(self, inner: Node) -> None:
+        super().__init__(inner.spec)
+        self.inner = inner
+
+    @property
+    def cost(self) -> int:
+        return self.inner.cost
+
+    @property
+    def is_local(self) -> bool:
+        return self.inner.is_local
+
+    @property
+    def uuid(self) -> str | None:
+        return self.inner.uuid
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def usage(self) -> Usage | None:
+        return self.inner.usage()
+
+    def close(self) -> None:
+        self.inner.close()

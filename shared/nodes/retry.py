@@ -25,12 +25,12 @@ from tenacity import (
 
 from shared.errors import Unavailable, is_transient
 from shared.keys import Key
-from shared.nodes.base import CountingSink, Node, Readable, Usage, Writable
+from shared.nodes.base import CountingSink, Layer, Node, Readable, Writable
 
 T = TypeVar("T")
 
 
-class RetryingNode(Node):
+class RetryingNode(Layer):
     def __init__(
         self,
         inner: Node,
@@ -42,8 +42,7 @@ class RetryingNode(Node):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        super().__init__(inner.spec)
-        self.inner = inner
+        super().__init__(inner)
         self._attempts = attempts
         self._wait = wait_exponential(multiplier=initial_wait, max=max_wait) + wait_random(
             0, initial_wait
@@ -54,18 +53,6 @@ class RetryingNode(Node):
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._down_reason = ""
-
-    @property
-    def cost(self) -> int:
-        return self.inner.cost
-
-    @property
-    def is_local(self) -> bool:
-        return self.inner.is_local
-
-    @property
-    def uuid(self) -> str | None:
-        return self.inner.uuid
 
     def _guard(self) -> None:
         with self._lock:
@@ -110,18 +97,21 @@ class RetryingNode(Node):
                 self._mark_down(e)
             raise
 
+    def overwrite(self, key: Key, source: Readable, size: int) -> None:
+        self._guard()
+        try:
+            self.inner.overwrite(key, source, size)
+        except Exception as e:
+            if is_transient(e):
+                self._mark_down(e)
+            raise
+
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         counting = CountingSink(sink)
         self._call(lambda: self.inner.retrieve(key, counting, offset + counting.count))
 
     def remove(self, key: Key) -> None:
         self._call(lambda: self.inner.remove(key))
-
-    def usage(self) -> Usage | None:
-        return self.inner.usage()
-
-    def close(self) -> None:
-        self.inner.close()
 
     def __repr__(self) -> str:
         return f"<retrying {self.inner!r}>"

@@ -292,6 +292,14 @@ class Source(Protocol):
     def read(self, n: int, /) -> bytes: ...
 
 
+class _Empty:
+    def read(self, n: int, /) -> bytes:
+        return b""
+
+
+_EMPTY = _Empty()
+
+
 class EncryptingReader:
     """Reads ``plain_size`` bytes of plaintext from ``source``, gives OpenPGP ciphertext.
 
@@ -308,7 +316,7 @@ class EncryptingReader:
         self._passphrase = passphrase
         self._size = plain_size
         self._encrypt: CipherContext | None = None
-        self._segments = self._produce()
+        self._segments: Iterator[tuple[_Buf, bool]] = self._produce()
         self._segment = memoryview(b"")
         self._encrypted = False
         self._left = encrypted_size(plain_size)
@@ -353,7 +361,20 @@ class EncryptingReader:
         return bytes(view[:filled])
 
     def close(self) -> None:
-        self._segments.close()
+        """Frees the plaintext at once: the generator behind ``read`` and this object refer
+        to each other, a cycle that only the cyclic GC would otherwise collect (and a
+        store in flight holds megabytes in it)."""
+        segments, self._segments = self._segments, iter(())
+        if isinstance(segments, Generator):
+            segments.close()
+        self._segment = memoryview(b"")
+        self._source = _EMPTY
+
+    def __enter__(self) -> EncryptingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _produce(self) -> Generator[tuple[_Buf, bool], None, None]:
         """The message as (bytes, whether they are to be encrypted) segments."""

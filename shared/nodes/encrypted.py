@@ -62,12 +62,12 @@ class EncryptedNode(Layer):
         return UNKNOWN_SIZE if size is None else size
 
     def store(self, key: Key, source: Readable, size: int) -> bool:
-        reader = EncryptingReader(source, self.cipher.passphrase, size)
-        return self.inner.store(self.stored_key(key), reader, encrypted_size(size))
+        with EncryptingReader(source, self.cipher.passphrase, size) as reader:
+            return self.inner.store(self.stored_key(key), reader, encrypted_size(size))
 
     def overwrite(self, key: Key, source: Readable, size: int) -> None:
-        reader = EncryptingReader(source, self.cipher.passphrase, size)
-        self.inner.overwrite(self.stored_key(key), reader, encrypted_size(size))
+        with EncryptingReader(source, self.cipher.passphrase, size) as reader:
+            self.inner.overwrite(self.stored_key(key), reader, encrypted_size(size))
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         decrypting = _DecryptingSink(self.cipher, sink, offset)

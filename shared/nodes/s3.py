@@ -294,11 +294,18 @@ class S3Node(Node):
         )
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one request with retries; translate what still fails."""
+        """Run one request with retries; translate what still fails.
+
+        (tenacity's iterator form: its call form keeps ``fn``, and with it an upload's
+        buffer, in reference cycles that only the cyclic GC frees, so memory grew
+        with the size of a transfer.)"""
         try:
-            return self._retrying()(fn)
+            for attempt in self._retrying():
+                with attempt:
+                    return fn()
         except Exception as e:
             raise self._translate(e, what) from e
+        raise AssertionError("unreachable: tenacity reraises")
 
     def _head(self, name: str, what: str) -> int | None:
         """The object's size, None when absent."""

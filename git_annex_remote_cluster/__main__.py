@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from git_annex_remote_cluster import __version__
+from shared import nodecli
+from shared.errors import ClusterError
 
 
 def _protocol() -> int:
@@ -34,14 +37,40 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         return _protocol()
-    parser = argparse.ArgumentParser(
+    parser = _parser()
+    ns = parser.parse_args(args)
+    try:
+        from git_annex_remote_cluster import operators
+
+        if ns.command == "status":
+            return operators.cmd_status(ns)
+        return operators.cmd_nodes(ns)
+    except (ClusterError, OSError) as e:
+        if ns.debug:
+            traceback.print_exc()
+        text = " ".join(str(e).split())
+        print(f"git-annex-remote-cluster: {text}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="git-annex-remote-cluster",
         description="A git-annex external special remote that stores content on a cluster of "
-        "nodes. git-annex runs it with no arguments; see docs/ for the tutorial and reference.",
+        "nodes. git-annex runs it with no arguments; with arguments, the operators' commands "
+        "act on a cluster remote of the repository in the current directory. See docs/.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.parse_args(args)
-    return 0
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    nodes = sub.add_parser("nodes", help="register, change, list and retire nodes")
+    nodecli.add_parsers(nodes.add_subparsers(dest="action", required=True), "remote")
+
+    status = sub.add_parser("status", help="reachability, latency, free space of every node")
+    status.add_argument("remote")
+    status.add_argument("--json", action="store_true")
+    return p
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 from git_annex_remote_proxy import __version__
+from shared import nodecli
 from shared.errors import ClusterError
 
 
@@ -59,12 +60,39 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     rm = gsub.add_parser("remove", help="remove a target (its nodes keep their data)")
     rm.add_argument("target")
+    nodes = gsub.add_parser("nodes", help="register, change, list and retire a target's nodes")
+    nodecli.add_parsers(nodes.add_subparsers(dest="nodes_action", required=True), "target")
     return p
+
+
+def _gateway_nodes(args: argparse.Namespace) -> int:
+    from git_annex_remote_proxy.config import GatewayConfig
+
+    config = GatewayConfig.load(args.config)
+    target = config.target(args.target)
+    args.action = args.nodes_action
+
+    def empty(name: str) -> None:
+        spec = next(s for s in target.specs() if s.name == name)
+        nodecli.check_empty(
+            spec, target.uuid, f"gateway nodes set {target.name} {name} state=drain"
+        )
+
+    result = nodecli.edit(args, target.node_list(), empty)
+    if result is None:
+        return 0
+    new, what = result
+    config.add(target.name, [s.to_entry() for s in new], target.copies, target.mincopies)
+    config.save()
+    nodecli.report(args, f"target {target.name}", f"{what} in {config.path}", new)
+    return 0
 
 
 def _gateway(args: argparse.Namespace) -> int:
     from git_annex_remote_proxy.config import GatewayConfig
 
+    if args.action == "nodes":
+        return _gateway_nodes(args)
     if args.action == "add":
         config = GatewayConfig.load(args.config, missing_ok=True)
         target = config.add(args.target, args.nodes, args.copies, args.mincopies)

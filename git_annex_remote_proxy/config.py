@@ -56,8 +56,12 @@ class Target:
     mincopies: int | None = None
     ciphers: dict[str, str] = field(default_factory=dict)  # node name -> base64 cipher
 
+    def node_list(self) -> list[NodeSpec]:
+        """The nodes as written in the file (what operators edit)."""
+        return parse_node_list(" ".join(self.nodes))
+
     def specs(self) -> list[NodeSpec]:
-        """The nodes, each encrypting node with its cipher."""
+        """The nodes as the gateway opens them: each encrypting node with its cipher."""
         return [
             replace(s, params={**s.params, "cipher": self.ciphers[s.name]})
             if needs_cipher(s) and s.name in self.ciphers

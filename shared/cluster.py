@@ -19,7 +19,7 @@ from shared.errors import ClusterError, ConfigError, NodeError, NotFound
 from shared.fanout import QueueReader, fan_out
 from shared.keys import Key
 from shared.nodes.base import UNKNOWN_SIZE, CountingSink, Node, Readable, Writable
-from shared.placement import rendezvous_order
+from shared.placement import rendezvous_order, spread_over_zones
 
 Progress = Callable[[int], None]
 
@@ -101,12 +101,12 @@ class Cluster:
                 f"use 1 to {len(self.nodes)}"
             )
         for n in self.nodes:
-            # Placement does not honour these yet; accepting them would promise
-            # a spread (zones) or a limit (maxsize) that stores would not keep.
-            if n.spec.zone is not None or n.spec.maxsize is not None:
+            # Placement does not honour it yet; accepting it would promise a limit
+            # that stores would not keep.
+            if n.spec.maxsize is not None:
                 raise ConfigError(
-                    f"node {n.name}: zone= and maxsize= are not supported by this version yet; "
-                    "remove them from the node URL"
+                    f"node {n.name}: maxsize= is not supported by this version yet; "
+                    "remove it from the node URL"
                 )
         if not 1 <= self.mincopies <= self.copies:
             raise ConfigError(
@@ -129,6 +129,13 @@ class Cluster:
         """The key's rendezvous order over all nodes."""
         return rendezvous_order(str(key), self.nodes, [n.spec.weight for n in self.nodes])
 
+    def store_order(self, key: Key) -> list[Node]:
+        """The nodes that take new data, in the order a store tries them: rendezvous
+        order, spread over zones."""
+        return spread_over_zones(
+            [n for n in self.order(key) if n.spec.state.takes_new_data and n.spec.weight > 0]
+        )
+
     # -- store --------------------------------------------------------------
 
     def store(self, key: Key, path: str, progress: Progress | None = None) -> StoreOutcome:
@@ -141,9 +148,7 @@ class Cluster:
         """
         size = os.path.getsize(path)
         outcome = StoreOutcome()
-        candidates = [
-            n for n in self.order(key) if n.spec.state.takes_new_data and n.spec.weight > 0
-        ]
+        candidates = self.store_order(key)
         skipped = [n.name for n in self.nodes if n not in candidates]
         sent = 0  # bytes reported by the previous wave
         while outcome.copies < self.copies and candidates:
@@ -170,9 +175,7 @@ class Cluster:
         raised by ``source`` (a hash mismatch found at its end) aborts every node's
         store before anything is committed, and is raised again here.
         """
-        candidates = [
-            n for n in self.order(key) if n.spec.state.takes_new_data and n.spec.weight > 0
-        ]
+        candidates = self.store_order(key)
         wave = candidates[: self.copies]
         outcome = StoreOutcome()
         wrote: dict[str, bool] = {}

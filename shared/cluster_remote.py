@@ -64,6 +64,24 @@ def _positive_int(name: str, text: str) -> int | None:
     return value
 
 
+def with_recorded(specs: list[NodeSpec], nodeuuids: str, nodeciphers: str) -> list[NodeSpec]:
+    """Hand repository nodes their recorded UUIDs and encrypting nodes their ciphers
+    (``nodeuuids``/``nodeciphers`` as the remote's configuration holds them)."""
+    uuids = _parse_uuids(nodeuuids)
+    ciphers = _parse_uuids(nodeciphers)
+    out = []
+    for s in specs:
+        if s.scheme in _IDENTIFIED and s.name in uuids and "uuid" not in s.params:
+            s = replace(s, params={**s.params, "uuid": uuids[s.name]})
+        if needs_cipher(s) and s.name in ciphers:
+            s = replace(s, params={**s.params, "cipher": ciphers[s.name]})
+        out.append(s)
+    return out
+
+
+_IDENTIFIED = ("annex", "annex+ssh", "gateway+ssh")  # nodes with a UUID of their own
+
+
 class ClusterRemote(Remote):
     ordered = True  # retrieve writes the file sequentially, so git-annex proxies can stream it
 
@@ -87,31 +105,18 @@ class ClusterRemote(Remote):
                 # encrypted variants with the stored encryption=none, and the nodes
                 # refuse unencrypted chunks themselves, key by key, saying why.
                 self.check_chunking(repos)
+            specs = with_recorded(
+                specs,
+                self.annex.getconfig("nodeuuids") if recorded else "",
+                self.annex.getconfig("nodeciphers"),
+            )
             repos += [s.name for s in specs if s.scheme == "gateway+ssh"]
-            known = _parse_uuids(self.annex.getconfig("nodeuuids")) if recorded else {}
-            specs = self._with_ciphers(specs)
-            specs = [
-                replace(s, params={**s.params, "uuid": known[s.name]})
-                if s.name in repos and s.name in known and "uuid" not in s.params
-                else s
-                for s in specs
-            ]
             uuid = self.annex.getuuid() if repos else None
             nodes = [open_node(s, uuid) for s in specs]
             copies, mincopies = self.policy()
             return Cluster(nodes, copies=copies, mincopies=mincopies, log=self.annex.debug)
         except ClusterError as e:
             raise RemoteError(str(e)) from e
-
-    def _with_ciphers(self, specs: list[NodeSpec]) -> list[NodeSpec]:
-        """Hand each encrypting node its recorded cipher."""
-        ciphers = _parse_uuids(self.annex.getconfig("nodeciphers"))
-        return [
-            replace(s, params={**s.params, "cipher": ciphers[s.name]})
-            if needs_cipher(s) and s.name in ciphers
-            else s
-            for s in specs
-        ]
 
     def _record_ciphers(self) -> None:
         """Generate a cipher for each encrypting node that has none. Existing entries are

@@ -39,3 +39,35 @@ def rendezvous_order(key: str, nodes: Sequence[N], weights: Sequence[float]) -> 
         key=lambda nw: (-score(key, nw[0].name, nw[1]), nw[0].name),
     )
     return [n for n, _ in scored]
+
+
+class Zoned(Placeable, Protocol):
+    @property
+    def zone(self) -> str | None: ...
+
+
+Z = TypeVar("Z", bound="Zoned")
+
+
+def spread_over_zones(order: Sequence[Z]) -> list[Z]:
+    """``order`` rearranged so that each next node is, where possible, in a zone not used
+    yet: the first ``copies`` nodes then span as many zones as there are, and a node
+    replacing one that failed comes from a new zone too. Within that, the order stays
+    the key's rendezvous order, so the first choice never changes. A node without a
+    zone is a zone of its own."""
+    rest = list(order)
+    out: list[Z] = []
+    used: set[str] = set()
+    while rest:
+        pick = next((n for n in rest if _zone(n) not in used), None)
+        if pick is None:  # every zone has a copy: start a new round
+            used.clear()
+            continue
+        rest.remove(pick)
+        out.append(pick)
+        used.add(_zone(pick))
+    return out
+
+
+def _zone(node: Zoned) -> str:
+    return f"zone:{node.zone}" if node.zone is not None else f"node:{node.name}"

@@ -157,3 +157,95 @@ def test_renaming_url_does_not_matter_only_name() -> None:
 def test_mismatched_weights_are_an_error() -> None:
     with pytest.raises(ValueError):
         rendezvous_order("k", [N("a"), N("b")], [1.0])
+
+
+# -- properties (hypothesis) -----------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from shared.placement import spread_over_zones  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ZN:
+    name: str
+    zone: str | None = None
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 12), copies=st.integers(1, 4), seed=st.integers(0, 10**6))
+def test_adding_a_node_moves_only_copies_to_it(n: int, copies: int, seed: int) -> None:
+    """For any cluster size and copies: a key's copy set changes only by the new node
+    taking the place of one old node, and about 1/(n+1) of the key copies move (the new
+    node is among a key's first ``copies`` for copies/(n+1) of the keys, taking one)."""
+    copies = min(copies, n)
+    old = [f"n{seed}-{i}" for i in range(n)]
+    new = [*old, f"n{seed}-new"]
+    moved = 0
+    keys = [f"SHA256E-s{i}--{seed:x}{i:060x}" for i in range(600)]
+    for key in keys:
+        before = set(names(key, old)[:copies])
+        after = set(names(key, new)[:copies])
+        gone = before - after
+        assert after - before <= {new[-1]}
+        assert len(gone) == len(after - before) <= 1
+        moved += len(gone)
+    expected = 1 / (n + 1)
+    assert moved / (len(keys) * copies) == pytest.approx(expected, abs=0.07)
+
+
+@settings(max_examples=30, deadline=None)
+@given(weights=st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0]), min_size=2, max_size=6))
+def test_first_choice_share_follows_weights(weights: list[float]) -> None:
+    nodes = [f"w{i}" for i in range(len(weights))]
+    n = 6000
+    first = Counter(names(f"SHA256--{i:x}", nodes, weights)[0] for i in range(n))
+    total = sum(weights)
+    for node, w in zip(nodes, weights, strict=True):
+        # Rendezvous shares are proportional to weight only approximately when weights
+        # differ a lot; the tolerance covers that and sampling noise.
+        assert first[node] / n == pytest.approx(w / total, abs=0.06), (first, weights)
+
+
+zones_strategy = st.lists(st.sampled_from(["a", "b", "c", None]), min_size=1, max_size=9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(zones=zones_strategy, copies=st.integers(1, 5), key=st.text(min_size=1, max_size=20))
+def test_copies_span_as_many_zones_as_there_are(
+    zones: list[str | None], copies: int, key: str
+) -> None:
+    nodes = [ZN(f"z{i}", z) for i, z in enumerate(zones)]
+    order = spread_over_zones(rendezvous_order(key, nodes, [1.0] * len(nodes)))
+    assert sorted(n.name for n in order) == sorted(n.name for n in nodes)  # a permutation
+    assert order[0] == rendezvous_order(key, nodes, [1.0] * len(nodes))[0]  # first unchanged
+    copies = min(copies, len(nodes))
+    distinct = {n.zone if n.zone is not None else n.name for n in nodes}
+    chosen = {n.zone if n.zone is not None else n.name for n in order[:copies]}
+    assert len(chosen) == min(copies, len(distinct))
+
+
+def test_zone_spread_is_the_same_in_another_process() -> None:
+    nodes = [ZN(f"z{i}", "ab"[i % 2] if i < 6 else None) for i in range(8)]
+    here = [
+        [n.name for n in spread_over_zones(rendezvous_order(k, nodes, [1.0] * 8))]
+        for k in KEYS[:200]
+    ]
+    code = (
+        "import json, sys; sys.path.insert(0, 'tests'); sys.path.insert(0, '.');"
+        "from test_placement import ZN, KEYS;"
+        "from shared.placement import rendezvous_order, spread_over_zones;"
+        "nodes = [ZN(f'z{i}', 'ab'[i % 2] if i < 6 else None) for i in range(8)];"
+        "print(json.dumps([[n.name for n in spread_over_zones(rendezvous_order(k, nodes, "
+        "[1.0] * 8))] for k in KEYS[:200]]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == here

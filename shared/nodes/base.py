@@ -22,10 +22,11 @@ Contracts (the cluster and the conformance tests rely on them):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.errors import IntegrityError
+from shared.errors import IntegrityError, Unsupported
 from shared.keys import Key
 from shared.nodeurl import NodeSpec
 
@@ -109,6 +110,11 @@ class Node(ABC):
         return self.spec.cost if self.spec.cost is not None else self.default_cost
 
     @property
+    def zone(self) -> str | None:
+        """Failure domain (rack, room, site): placement spreads a key's copies over zones."""
+        return self.spec.zone
+
+    @property
     def is_local(self) -> bool:
         """True when the node is only reachable from this machine (git-annex AVAILABILITY LOCAL)."""
         return False
@@ -144,6 +150,11 @@ class Node(ABC):
         """Free space, or None when the backend cannot tell."""
         return None
 
+    def list_names(self) -> Iterator[str]:
+        """The names of the objects stored (keys, chunk keys or encrypted names), streamed;
+        ``Unsupported`` where the backend cannot list (a git-annex repository over P2P)."""
+        raise Unsupported("this kind of node cannot list what it holds", self.name)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once when the remote process ends."""
 
@@ -176,6 +187,9 @@ class Layer(Node):
 
     def usage(self) -> Usage | None:
         return self.inner.usage()
+
+    def list_names(self) -> Iterator[str]:
+        return self.inner.list_names()
 
     def close(self) -> None:
         self.inner.close()

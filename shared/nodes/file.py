@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -132,6 +133,17 @@ class FileNode(Node):
             shutil.rmtree(tmpdir, ignore_errors=True)
         return True
 
+    def list_names(self) -> Iterator[str]:
+        """Objects are ``<2 hash dirs>/<name>/<name>``; ``tmp/`` holds stores in progress."""
+        self.check()
+        for top in _subdirs(self.root):
+            if top.name == "tmp":
+                continue
+            for mid in _subdirs(top):
+                for keydir in _subdirs(mid):
+                    if (keydir / keydir.name).is_file():
+                        yield keydir.name
+
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         found = self._find(key)
         if found is None:
@@ -201,3 +213,12 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _subdirs(path: Path) -> Iterator[Path]:
+    try:
+        with os.scandir(path) as entries:
+            dirs = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    yield from sorted(dirs)

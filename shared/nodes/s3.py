@@ -492,13 +492,16 @@ class S3Node(Node):
         )
 
     def list_names(self) -> Iterator[str]:
-        """Object names under the prefix, prefix removed, streamed page by page."""
+        """Object names under the prefix, prefix removed, streamed page by page
+        (git-annex's S3 remote keeps its UUID in ``annex-uuid`` there: not an object)."""
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)
         try:
             for page in pages:
                 for item in page.get("Contents", []):
-                    yield item["Key"][len(self.prefix) :]
+                    name = item["Key"][len(self.prefix) :]
+                    if name != "annex-uuid":
+                        yield name
         except Exception as e:
             raise self._translate(e, "listing the bucket") from e
 

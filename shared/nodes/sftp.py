@@ -323,6 +323,25 @@ class SFTPNode(Node):
         del bsize, bfree
         return Usage(free=bavail * frsize, total=blocks * frsize)
 
+    def list_names(self) -> Iterator[str]:
+        """As for file:// nodes: ``<2 hash dirs>/<name>/<name>``, ``tmp/`` skipped."""
+
+        def subdirs(sftp: SFTPSession, path: str) -> list[str]:
+            try:
+                entries = sftp.listdir_attr(path)
+            except (OSError, UnicodeDecodeError):
+                return []
+            return sorted(
+                e.filename for e in entries if e.st_mode is not None and stat.S_ISDIR(e.st_mode)
+            )
+
+        with self._sftp("listing objects") as sftp:
+            for top in subdirs(sftp, self.root):
+                if top == "tmp":
+                    continue
+                for mid in subdirs(sftp, posixpath.join(self.root, top)):
+                    yield from subdirs(sftp, posixpath.join(self.root, top, mid))
+
     def close(self) -> None:
         pass  # connections belong to the pool, shared with other nodes on the same host
 

@@ -1,0 +1,165 @@
+"""The ``nodes`` command line, shared by the cluster remote (``git-annex-remote-cluster
+nodes ... REMOTE``) and the gateway (``git-annex-remote-proxy gateway nodes ... TARGET``):
+the same actions, flags and output; only where the list is kept differs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError, NodeError, Unsupported
+from shared.nodeedit import add_node, describe, export_nodes, import_nodes, remove_node, set_node
+from shared.nodes import open_node
+from shared.nodeurl import NodeSpec
+
+
+def add_parsers(sub: Any, owner: str) -> None:
+    """The ``nodes`` actions under ``sub``; ``owner`` names the list's holder (remote, target)."""
+    add = sub.add_parser("add", help="add a node")
+    add.add_argument(owner)
+    add.add_argument("name")
+    add.add_argument("url", help="the node URL, e.g. sftp://host/srv/annex")
+    add.add_argument("--cost", type=int)
+    add.add_argument("--weight", type=float)
+    add.add_argument("--zone")
+    add.add_argument("--maxsize", help="e.g. 4TiB")
+    add.add_argument("--state", choices=("active", "readonly", "drain"))
+    setp = sub.add_parser("set", help="change a node: KEY=VALUE (an empty VALUE: the default)")
+    setp.add_argument(owner)
+    setp.add_argument("name")
+    setp.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    rm = sub.add_parser("remove", help="remove a node that holds nothing (or --force)")
+    rm.add_argument(owner)
+    rm.add_argument("name")
+    rm.add_argument("--force", action="store_true", help="even if it still holds content")
+    ls = sub.add_parser("list", help="list the nodes")
+    ls.add_argument(owner)
+    imp = sub.add_parser("import", help="replace the node list with a file's (text or TOML)")
+    imp.add_argument(owner)
+    imp.add_argument("file", help="the file, or - for standard input")
+    imp.add_argument("--format", choices=("text", "toml"))
+    imp.add_argument("--force", action="store_true", help="drop nodes that still hold content")
+    exp = sub.add_parser("export", help="print the node list (text, TOML or JSON)")
+    exp.add_argument(owner)
+    exp.add_argument("--format", choices=("text", "toml", "json"), default="text")
+    for each in (add, setp, rm, ls, imp, exp):
+        each.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def edit(
+    args: argparse.Namespace, specs: list[NodeSpec], check_empty: Callable[[str], None]
+) -> tuple[list[NodeSpec], str] | None:
+    """The new list and what changed, or None for the read-only actions (done here).
+    ``check_empty(name)`` raises unless the node may go (unless --force)."""
+    if args.action == "list":
+        print_nodes(specs, args.json)
+        return None
+    if args.action == "export":
+        sys.stdout.write(export_nodes(specs, "json" if args.json else args.format))
+        return None
+    if args.action == "add":
+        attrs = {
+            k: str(v)
+            for k, v in (
+                ("cost", args.cost),
+                ("weight", args.weight),
+                ("zone", args.zone),
+                ("maxsize", args.maxsize),
+                ("state", args.state),
+            )
+            if v is not None
+        }
+        return add_node(specs, args.name, args.url, attrs), f"added node {args.name}"
+    if args.action == "set":
+        return set_node(specs, args.name, args.assignments), f"changed node {args.name}"
+    if args.action == "remove":
+        new = remove_node(specs, args.name)
+        if not args.force:
+            check_empty(args.name)
+        return new, f"removed node {args.name} (its storage was not touched)"
+    if args.action == "import":
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        fmt = args.format or ("toml" if str(args.file).endswith(".toml") else "text")
+        new = import_nodes(text, fmt)
+        if not args.force:
+            kept = {n.name for n in new}
+            for s in specs:
+                if s.name not in kept:
+                    check_empty(s.name)
+        return new, f"imported {len(new)} node(s)"
+    raise ConfigError(f"unknown action {args.action}")  # argparse allows no other
+
+
+def report(args: argparse.Namespace, owner: str, what: str, specs: list[NodeSpec]) -> None:
+    if args.json:
+        nodes = [describe(s) for s in specs]
+        print(json.dumps({"owner": owner, "result": what, "nodes": nodes}, indent=2))
+    else:
+        print(f"{owner}: {what}")
+
+
+def check_empty(spec: NodeSpec, client_uuid: str | None, how_to_drain: str) -> None:
+    """Raise unless the node verifiably holds nothing."""
+    try:
+        node = open_node(spec, client_uuid)
+        try:
+            first = next(iter(node.list_names()), None)
+        finally:
+            node.close()
+    except Unsupported:
+        raise ConfigError(
+            f"node {spec.name} cannot tell what it holds ({spec.scheme}:// nodes cannot "
+            "list); make sure it holds nothing still needed, then use --force"
+        ) from None
+    except NodeError as e:
+        raise ConfigError(
+            f"cannot check whether node {spec.name} still holds content ({e}); "
+            "use --force to remove it anyway"
+        ) from None
+    if first is not None:
+        raise ConfigError(
+            f"node {spec.name} still holds content (e.g. {first:.80}); drain it first "
+            f"({how_to_drain}, then move its content), or use --force if it is lost "
+            "or its content is safe elsewhere"
+        )
+
+
+def print_nodes(specs: list[NodeSpec], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([describe(s) for s in specs], indent=2))
+        return
+    rows = [("NAME", "STATE", "WEIGHT", "ZONE", "COST", "MAXSIZE", "URL")]
+    for s in specs:
+        rows.append(
+            (
+                s.name,
+                s.state.value,
+                f"{s.weight:g}",
+                s.zone or "-",
+                str(s.cost) if s.cost is not None else "-",
+                human_size(s.maxsize),
+                s.url,
+            )
+        )
+    table(rows)
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # unreachable
+
+
+def table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -10,18 +10,23 @@ remove goes to every node and fails naming the nodes that may still hold the key
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import BinaryIO
 
 from shared.errors import ClusterError, ConfigError, NodeError, NotFound
 from shared.fanout import QueueReader, fan_out
 from shared.keys import Key
-from shared.nodes.base import UNKNOWN_SIZE, CountingSink, Node, Readable, Writable
+from shared.nodes.base import UNKNOWN_SIZE, CountingSink, Node, Readable, Usage, Writable
+from shared.nodeurl import DEFAULT_RESERVE
 from shared.placement import rendezvous_order, spread_over_zones
 
 Progress = Callable[[int], None]
+USAGE_TTL = 5.0  # seconds a node's free space is trusted before it is asked again
 
 
 def _reason(exc: BaseException) -> str:
@@ -101,17 +106,18 @@ class Cluster:
                 f"use 1 to {len(self.nodes)}"
             )
         for n in self.nodes:
-            # Placement does not honour it yet; accepting it would promise a limit
-            # that stores would not keep.
-            if n.spec.maxsize is not None:
+            if n.spec.maxsize is not None and not n.counts_bytes:
                 raise ConfigError(
-                    f"node {n.name}: maxsize= is not supported by this version yet; "
-                    "remove it from the node URL"
+                    f"node {n.name}: maxsize= needs a node that can count what it holds "
+                    "(file:// or s3://); use weight= to give it fewer keys instead"
                 )
         if not 1 <= self.mincopies <= self.copies:
             raise ConfigError(
                 f"mincopies={self.mincopies} must be between 1 and copies={self.copies}"
             )
+        self._room_lock = threading.Lock()
+        self._used: dict[str, int] = {}  # bytes held, counted once, then kept up to date
+        self._free: dict[str, tuple[float, Usage | None]] = {}  # (when asked, answer)
         # Requests are served one at a time, so a worker per node is enough; stores
         # get a pool of their own so that all of a wave's consumers run at once.
         self._pool = ThreadPoolExecutor(max_workers=len(self.nodes), thread_name_prefix="node")
@@ -136,6 +142,64 @@ class Cluster:
             [n for n in self.order(key) if n.spec.state.takes_new_data and n.spec.weight > 0]
         )
 
+    def _with_room(self, nodes: list[Node], size: int, full: dict[str, str]) -> Iterator[Node]:
+        """``nodes`` minus those that cannot take ``size`` more bytes (their reason goes
+        to ``full``); asked lazily, so a store only asks the nodes it may use."""
+        for node in nodes:
+            why = self._no_room(node, size)
+            if why is None:
+                yield node
+            else:
+                full[node.name] = why
+                self._log(f"node {node.name} skipped: {why}")
+
+    def _no_room(self, node: Node, size: int) -> str | None:
+        maxsize = node.spec.maxsize
+        if maxsize is not None:
+            used = self._used_bytes(node)
+            if used is not None and used + size > maxsize:
+                return f"full ({used} bytes held, maxsize {maxsize})"
+        usage = self._usage(node)
+        reserve = node.spec.reserve if node.spec.reserve is not None else DEFAULT_RESERVE
+        if usage is not None and usage.free - size < reserve:
+            return f"{usage.free} bytes free, {size} needed and {reserve} kept in reserve"
+        return None
+
+    def _used_bytes(self, node: Node) -> int | None:
+        with self._room_lock:
+            if node.name in self._used:
+                return self._used[node.name]
+        try:
+            used = node.used()
+        except NodeError:
+            return None  # unreachable: the store itself will say so
+        with self._room_lock:
+            return self._used.setdefault(node.name, used)
+
+    def _usage(self, node: Node) -> Usage | None:
+        now = time.monotonic()
+        with self._room_lock:
+            cached = self._free.get(node.name)
+        if cached is not None and now - cached[0] < USAGE_TTL:
+            return cached[1]
+        try:
+            usage = node.usage()
+        except NodeError:
+            usage = None
+        with self._room_lock:
+            self._free[node.name] = (now, usage)
+        return usage
+
+    def _count_stored(self, names: list[str], size: int) -> None:
+        with self._room_lock:
+            for name in names:
+                if name in self._used:
+                    self._used[name] += size
+                asked = self._free.get(name)
+                if asked is not None and asked[1] is not None:
+                    free = asked[1]
+                    self._free[name] = (asked[0], Usage(free.free - size, free.total))
+
     # -- store --------------------------------------------------------------
 
     def store(self, key: Key, path: str, progress: Progress | None = None) -> StoreOutcome:
@@ -148,20 +212,24 @@ class Cluster:
         """
         size = os.path.getsize(path)
         outcome = StoreOutcome()
-        candidates = self.store_order(key)
-        skipped = [n.name for n in self.nodes if n not in candidates]
+        order = self.store_order(key)
+        full: dict[str, str] = {}
+        candidates = self._with_room(order, size, full)
+        skipped = [n.name for n in self.nodes if n not in order]
         sent = 0  # bytes reported by the previous wave
-        while outcome.copies < self.copies and candidates:
-            wave, candidates = (
-                candidates[: self.copies - outcome.copies],
-                candidates[self.copies - outcome.copies :],
-            )
+        while outcome.copies < self.copies:
+            wave = list(islice(candidates, self.copies - outcome.copies))
+            if not wave:
+                break
             if progress is not None and sent:
                 progress(-sent)  # this wave starts over from byte 0
             sent = self._store_wave(key, path, size, wave, outcome, progress)
+        self._count_stored(outcome.stored, size)
         if outcome.copies < self.mincopies:
             for name in skipped:
                 outcome.failed.setdefault(name, "takes no new data (readonly, drain or weight 0)")
+            for name, why in full.items():
+                outcome.failed.setdefault(name, why)
             raise StoreFailed(outcome, self.mincopies)
         return outcome
 
@@ -175,18 +243,22 @@ class Cluster:
         raised by ``source`` (a hash mismatch found at its end) aborts every node's
         store before anything is committed, and is raised again here.
         """
-        candidates = self.store_order(key)
-        wave = candidates[: self.copies]
+        order = self.store_order(key)
+        full: dict[str, str] = {}
+        wave = list(islice(self._with_room(order, size, full), self.copies))
         outcome = StoreOutcome()
         wrote: dict[str, bool] = {}
         results = self._fan_out(source, wave, wrote, progress or (lambda _n: None), key, size)
         self._judge(key, wave, wrote, results, outcome, 0)
+        self._count_stored(outcome.stored, size)
         if outcome.copies < self.mincopies:
             for n in self.nodes:
-                if n not in candidates:
+                if n not in order:
                     outcome.failed.setdefault(
                         n.name, "takes no new data (readonly, drain or weight 0)"
                     )
+            for name, why in full.items():
+                outcome.failed.setdefault(name, why)
             raise StoreFailed(outcome, self.mincopies)
         return outcome
 

@@ -26,7 +26,8 @@ def add_parsers(sub: Any, owner: str) -> None:
     add.add_argument("--cost", type=int)
     add.add_argument("--weight", type=float)
     add.add_argument("--zone")
-    add.add_argument("--maxsize", help="e.g. 4TiB")
+    add.add_argument("--maxsize", help="most bytes the node may hold, e.g. 4TiB")
+    add.add_argument("--reserve", help="free space to keep (default 100MB), e.g. 10GiB")
     add.add_argument("--state", choices=("active", "readonly", "drain"))
     setp = sub.add_parser("set", help="change a node: KEY=VALUE (an empty VALUE: the default)")
     setp.add_argument(owner)
@@ -69,6 +70,7 @@ def edit(
                 ("weight", args.weight),
                 ("zone", args.zone),
                 ("maxsize", args.maxsize),
+                ("reserve", args.reserve),
                 ("state", args.state),
             )
             if v is not None

@@ -101,6 +101,8 @@ def _assign(spec: NodeSpec, pairs: dict[str, str]) -> NodeSpec:
         spec = replace(spec, zone=common["zone"] or None)
     if "maxsize" in common:
         spec = replace(spec, maxsize=parse_size(common["maxsize"]) if common["maxsize"] else None)
+    if "reserve" in common:
+        spec = replace(spec, reserve=parse_size(common["reserve"]) if common["reserve"] else None)
     if "state" in common:
         try:
             spec = replace(spec, state=NodeState(common["state"] or "active"))
@@ -136,6 +138,7 @@ def describe(spec: NodeSpec) -> dict[str, Any]:
         "weight": spec.weight,
         "zone": spec.zone,
         "maxsize": spec.maxsize,
+        "reserve": spec.reserve,
         "state": spec.state.value,
         "params": {k: v for k, v in spec.params.items() if k not in _RESERVED_PARAMS},
     }
@@ -153,7 +156,7 @@ def export_nodes(specs: list[NodeSpec], fmt: str) -> str:
             d = describe(s)
             out.append(f"[nodes.{json.dumps(s.name)}]")
             out.append(f"url = {json.dumps(s.url)}")
-            for k in ("cost", "weight", "zone", "maxsize"):
+            for k in ("cost", "weight", "zone", "maxsize", "reserve"):
                 if d[k] is not None and not (k == "weight" and d[k] == 1.0):
                     out.append(f"{k} = {json.dumps(d[k])}")
             if s.state is not NodeState.ACTIVE:

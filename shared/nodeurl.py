@@ -1,7 +1,7 @@
 """Node lists and node URLs: one syntax for the cluster remote, the gateway and the CLI.
 
 A node list is whitespace-separated ``NAME=URL`` entries. Attributes common to
-every backend (cost, weight, zone, maxsize, state) ride in the URL's query
+every backend (cost, weight, zone, maxsize, reserve, state) ride in the URL's query
 string and are split off here, so backends only ever see their own parameters.
 """
 
@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from shared.errors import ConfigError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-COMMON_ATTRS = ("cost", "weight", "zone", "maxsize", "state")
+COMMON_ATTRS = ("cost", "weight", "zone", "maxsize", "reserve", "state")
 KNOWN_SCHEMES = ("file", "sftp", "annex", "annex+ssh", "s3", "gateway+ssh")
 
 _UNITS = {
@@ -37,6 +37,11 @@ _UNITS = {
     "pb": 1000**5,
     "pib": 1024**5,
 }
+
+
+# Free space a node keeps for itself unless ``reserve=`` says otherwise: git-annex's
+# own default annex.diskreserve.
+DEFAULT_RESERVE = 100 * 1000**2
 
 
 class NodeState(enum.Enum):
@@ -69,6 +74,7 @@ class NodeSpec:
     weight: float = 1.0
     zone: str | None = None
     maxsize: int | None = None
+    reserve: int | None = None  # free space to keep; None: DEFAULT_RESERVE
     state: NodeState = NodeState.ACTIVE
     params: dict[str, str] = field(default_factory=dict)  # backend-specific query parameters
 
@@ -88,6 +94,8 @@ class NodeSpec:
             attrs.append(("zone", self.zone))
         if self.maxsize is not None:
             attrs.append(("maxsize", str(self.maxsize)))
+        if self.reserve is not None:
+            attrs.append(("reserve", str(self.reserve)))
         if self.state is not NodeState.ACTIVE:
             attrs.append(("state", self.state.value))
         # Not urlunsplit: it rewrites "file:rel" to "file:///rel" and "annex:///p" to "annex:/p".
@@ -134,9 +142,10 @@ def parse_node(entry: str) -> NodeSpec:
             f"node {name}: state must be active, readonly or drain, not {common['state']!r}"
         ) from e
     try:
-        maxsize = parse_size(common["maxsize"]) if "maxsize" in common else None
+        maxsize = parse_size(common["maxsize"]) if common.get("maxsize") else None
+        reserve = parse_size(common["reserve"]) if common.get("reserve") else None
     except ConfigError as e:
-        raise ConfigError(f"node {name}: maxsize: {e}") from e
+        raise ConfigError(f"node {name}: maxsize/reserve: {e}") from e
     return NodeSpec(
         name=name,
         url=bare,
@@ -144,6 +153,7 @@ def parse_node(entry: str) -> NodeSpec:
         weight=weight,
         zone=common.get("zone") or None,
         maxsize=maxsize,
+        reserve=reserve,
         state=state,
         params=params,
     )

@@ -154,6 +154,13 @@ class FaultyNode(Node):
         self._raise_now(Call("usage"))
         return self.inner.usage()
 
+    @property
+    def counts_bytes(self) -> bool:  # type: ignore[override]
+        return self.inner.counts_bytes
+
+    def used(self) -> int:
+        return self.inner.used()
+
     def close(self) -> None:
         self.inner.close()
 

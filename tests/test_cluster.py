@@ -593,3 +593,84 @@ def test_retrieve_progress_ends_at_file_size(
     cluster.retrieve(key, str(tmp_path / "out"), progress.append)
     assert sum(progress) == len(data)
     assert all(d > 0 for d in progress)
+
+
+# -- room: maxsize, free space, zones ----------------------------------------------------
+
+
+def test_full_node_is_skipped_and_the_next_takes_the_copy(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(3, copies=2, attrs={"n0": "maxsize=2500"})
+    stored_on_n0 = 0
+    for i in range(12):
+        key, path = src(content(1000, seed=i))
+        outcome = cluster.store(key, path)
+        assert outcome.copies == 2  # always two copies, whoever is full
+        stored_on_n0 += "n0" in outcome.stored
+    assert stored_on_n0 == 2  # 2 x 1000 bytes fit under 2500; the third would not
+    assert FileNode(nodes["n0"].spec).used() == 2000
+
+
+def test_maxsize_counts_what_the_node_held_before(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(1, attrs={"n0": "maxsize=1500"})
+    key, path = src(content(1000, seed=1))
+    cluster.store(key, path)
+    cluster.close()
+    again = Cluster([nodes["n0"]], copies=1)  # a new process: counts the node first
+    key2, path2 = src(content(1000, seed=2))
+    with pytest.raises(StoreFailed, match=r"n0: full \(1000 bytes held, maxsize 1500\)"):
+        again.store(key2, path2)
+    again.close()
+
+
+def test_node_below_its_reserve_is_skipped(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    cluster, nodes = make_cluster(2, copies=1, mincopies=1, attrs={"n0": "reserve=1000PB"})
+    for i in range(5):
+        key, path = src(content(100, seed=i))
+        assert cluster.store(key, path).stored == ["n1"]
+    assert nodes["n0"].ops("store") == []
+    only, _ = make_cluster(1, attrs={"n0": "reserve=1000PB"})
+    key, path = src(content(100, seed=9))
+    with pytest.raises(StoreFailed, match="kept in reserve"):
+        only.store(key, path)
+
+
+def test_maxsize_needs_a_node_that_counts(tmp_path: Path) -> None:
+    class Blind(FaultyNode):
+        counts_bytes = False  # type: ignore[assignment]
+
+    root = tmp_path / "b"
+    root.mkdir()
+    node = Blind(FileNode(parse_node(f"b=file://{root}?maxsize=1GiB")))
+    with pytest.raises(ConfigError, match="maxsize= needs a node that can count"):
+        Cluster([node])
+
+
+def test_copies_go_to_distinct_zones(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    zones = {"n0": "zone=a", "n1": "zone=a", "n2": "zone=a", "n3": "zone=b", "n4": "zone=b"}
+    cluster, _ = make_cluster(5, copies=2, attrs=zones)
+    for i in range(20):
+        key, path = src(content(50, seed=i))
+        outcome = cluster.store(key, path)
+        assert {zones[n] for n in outcome.stored} == {"zone=a", "zone=b"}
+
+
+def test_failed_node_is_replaced_from_a_zone_without_a_copy(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    zones = {"n0": "zone=a", "n1": "zone=a", "n2": "zone=b", "n3": "zone=b", "n4": "zone=c"}
+    cluster, nodes = make_cluster(5, copies=2, attrs=zones)
+    for i in range(10):
+        key, path = src(content(50, seed=i))
+        first = cluster.store_order(key)[0]
+        nodes[first.name].fail("store")
+        outcome = cluster.store(key, path)
+        assert len({zones[n] for n in outcome.stored}) == 2, outcome
+        nodes[first.name].heal()

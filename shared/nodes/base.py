@@ -150,6 +150,14 @@ class Node(ABC):
         """Free space, or None when the backend cannot tell."""
         return None
 
+    #: ``used`` can tell the bytes held (``maxsize=`` needs it)
+    counts_bytes = False
+
+    def used(self) -> int:
+        """Bytes held, counted once per process (the cluster keeps the count up to date
+        afterwards). Only for nodes that ``counts_bytes``."""
+        raise Unsupported("this kind of node cannot count what it holds", self.name)
+
     def list_names(self) -> Iterator[str]:
         """The names of the objects stored (keys, chunk keys or encrypted names), streamed;
         ``Unsupported`` where the backend cannot list (a git-annex repository over P2P)."""
@@ -190,6 +198,13 @@ class Layer(Node):
 
     def list_names(self) -> Iterator[str]:
         return self.inner.list_names()
+
+    @property
+    def counts_bytes(self) -> bool:  # type: ignore[override]
+        return self.inner.counts_bytes
+
+    def used(self) -> int:
+        return self.inner.used()
 
     def close(self) -> None:
         self.inner.close()

@@ -133,16 +133,31 @@ class FileNode(Node):
             shutil.rmtree(tmpdir, ignore_errors=True)
         return True
 
-    def list_names(self) -> Iterator[str]:
-        """Objects are ``<2 hash dirs>/<name>/<name>``; ``tmp/`` holds stores in progress."""
+    counts_bytes = True
+
+    def used(self) -> int:
+        total = 0
+        for name, keydir in self._objects():
+            try:
+                total += (keydir / name).stat().st_size
+            except OSError:
+                continue  # removed meanwhile
+        return total
+
+    def _objects(self) -> Iterator[tuple[str, Path]]:
         self.check()
         for top in _subdirs(self.root):
             if top.name == "tmp":
                 continue
             for mid in _subdirs(top):
                 for keydir in _subdirs(mid):
-                    if (keydir / keydir.name).is_file():
-                        yield keydir.name
+                    yield keydir.name, keydir
+
+    def list_names(self) -> Iterator[str]:
+        """Objects are ``<2 hash dirs>/<name>/<name>``; ``tmp/`` holds stores in progress."""
+        for name, keydir in self._objects():
+            if (keydir / name).is_file():
+                yield name
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         found = self._find(key)

@@ -491,7 +491,16 @@ class S3Node(Node):
             f"removing {key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=name)
         )
 
+    counts_bytes = True
+
+    def used(self) -> int:
+        return sum(size for _, size in self._listing())
+
     def list_names(self) -> Iterator[str]:
+        for name, _ in self._listing():
+            yield name
+
+    def _listing(self) -> Iterator[tuple[str, int]]:
         """Object names under the prefix, prefix removed, streamed page by page
         (git-annex's S3 remote keeps its UUID in ``annex-uuid`` there: not an object)."""
         paginator = self._client.get_paginator("list_objects_v2")
@@ -501,7 +510,7 @@ class S3Node(Node):
                 for item in page.get("Contents", []):
                     name = item["Key"][len(self.prefix) :]
                     if name != "annex-uuid":
-                        yield name
+                        yield name, int(item.get("Size", 0))
         except Exception as e:
             raise self._translate(e, "listing the bucket") from e
 

@@ -674,3 +674,40 @@ def test_failed_node_is_replaced_from_a_zone_without_a_copy(
         outcome = cluster.store(key, path)
         assert len({zones[n] for n in outcome.stored}) == 2, outcome
         nodes[first.name].heal()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    nodes=st.lists(
+        st.tuples(
+            st.sampled_from(["active", "readonly", "drain"]),
+            st.sampled_from([0.0, 1.0, 2.5]),
+            st.sampled_from(["", "zone=a", "zone=b"]),
+        ),
+        min_size=1,
+        max_size=7,
+    ),
+    key_seed=st.integers(0, 10**9),
+)
+def test_store_order_skips_nodes_that_take_no_data_and_keeps_rendezvous_order(
+    nodes: list[tuple[str, float, str]], key_seed: int
+) -> None:
+    specs = [
+        parse_node(f"n{i}=file:///nonexistent/n{i}?state={state}&weight={w}&{zone}")
+        for i, (state, w, zone) in enumerate(nodes)
+    ]
+    cluster = Cluster([FileNode(s) for s in specs], copies=1)
+    try:
+        key = make_key(key_seed.to_bytes(8, "big"))
+        order = cluster.store_order(key)
+        takers = {s.name for s in specs if s.state.value == "active" and s.weight > 0}
+        assert {n.name for n in order} == takers
+        if order:  # the key's first choice among the takers is always first
+            first = next(n for n in cluster.order(key) if n.name in takers)
+            assert order[0].name == first.name
+    finally:
+        cluster.close()

@@ -57,6 +57,50 @@ class TestFileNodeConformance(NodeConformance):
         return tmp_entries(node.root)
 
 
+class TestLayeredFileNodeConformance(NodeConformance):
+    """chunk= and encryption=shared over a directory: git-annex's directory remote layout
+    with the same settings; the big objects are split into about 20 chunks."""
+
+    tells_sizes = False  # encrypted: the stored size is the ciphertext's
+    layers = "chunk=100000&encryption=shared"
+
+    @pytest.fixture
+    def make_node(self, tmp_path: Path) -> NodeFactory:
+        from shared.crypto import Cipher
+        from shared.nodes import open_node
+
+        root = tmp_path / "node"
+        root.mkdir()
+        cipher = Cipher.generate().to_config()
+        self.root = root
+        return lambda: open_node(parse_node(f"d=file://{root}?{self.layers}&cipher={cipher}"))
+
+    def leftovers(self, node: Node) -> list[str]:
+        return tmp_entries(self.root)
+
+
+class TestStreamingChunksFileNodeConformance(TestLayeredFileNodeConformance):
+    """Chunks too big to buffer stream one at a time (forced here by a zero limit)."""
+
+    tells_sizes = True
+    layers = "chunk=300000"
+
+    @pytest.fixture(autouse=True)
+    def _stream(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import shared.nodes.chunked
+
+        monkeypatch.setattr(shared.nodes.chunked, "BUFFERED_CHUNK_LIMIT", 0)
+
+    @pytest.fixture
+    def make_node(self, tmp_path: Path) -> NodeFactory:
+        from shared.nodes import open_node
+
+        root = tmp_path / "node"
+        root.mkdir()
+        self.root = root
+        return lambda: open_node(parse_node(f"d=file://{root}?{self.layers}"))
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     r = tmp_path / "disk"

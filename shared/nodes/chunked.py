@@ -34,18 +34,27 @@ IN_FLIGHT = 3  # chunks buffered at once: memory is about 2 x IN_FLIGHT x chunk
 
 
 class _Limited:
-    """The next ``n`` bytes of a stream, as a stream of their own."""
+    """The next ``n`` bytes of a stream, as a stream of their own. With ``last``, the
+    stream must end there: that is checked before the final bytes are handed on, so
+    the node below cannot commit an object whose source turns out longer (or whose
+    end raises, as a gateway's hash check does)."""
 
-    def __init__(self, source: Readable, n: int) -> None:
+    def __init__(self, source: Readable, n: int, last: bool = False, node: str = "") -> None:
         self._source = source
         self._left = n
+        self._last = last
+        self._node = node
 
     def read(self, n: int = -1, /) -> bytes:
-        if self._left <= 0:
-            return b""
-        want = self._left if n < 0 else min(n, self._left)
-        data = self._source.read(want)
-        self._left -= len(data)
+        data = b""
+        if self._left > 0:
+            want = self._left if n < 0 else min(n, self._left)
+            data = self._source.read(want)
+            self._left -= len(data)
+        if self._last and self._left == 0:
+            self._last = False  # checked once
+            if self._source.read(1):
+                raise IntegrityError("the content is longer than its key says", self._node)
         return data
 
 
@@ -148,7 +157,7 @@ class ChunkedNode(Layer):
             for i, chunk in enumerate(chunks):
                 length = chunk.content_size or 0
                 last = i == len(chunks) - 1
-                if buffered or last:
+                if buffered:
                     data = read_up_to(source, length)
                     if len(data) != length or (last and source.read(1)):
                         raise IntegrityError(
@@ -156,9 +165,10 @@ class ChunkedNode(Layer):
                         )
                     settle(IN_FLIGHT - 1 if not last else 0)
                     pending[self._executor().submit(self._store_one, chunk, data)] = chunk
-                else:
+                else:  # big chunks stream, one at a time
                     settle(0)
-                    self.inner.overwrite(chunk, _Limited(source, length), length)
+                    piece = _Limited(source, length, last=last, node=self.name)
+                    self.inner.overwrite(chunk, piece, length)
                     written.append(chunk)
             settle(0)
         finally:

@@ -171,8 +171,9 @@ class Cluster:
                 return self._used[node.name]
         try:
             used = node.used()
-        except NodeError:
-            return None  # unreachable: the store itself will say so
+        except Exception as e:  # unreachable, say: the store itself will say so
+            self._log(f"node {node.name}: cannot count what it holds: {_reason(e)}")
+            return None
         with self._room_lock:
             return self._used.setdefault(node.name, used)
 
@@ -184,7 +185,8 @@ class Cluster:
             return cached[1]
         try:
             usage = node.usage()
-        except NodeError:
+        except Exception as e:  # free space is advice; the store decides
+            self._log(f"node {node.name}: cannot tell its free space: {_reason(e)}")
             usage = None
         with self._room_lock:
             self._free[node.name] = (now, usage)

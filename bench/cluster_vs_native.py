@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import operator
 import os
 import shutil
@@ -22,12 +21,20 @@ import statistics
 import sys
 import time
 from argparse import SUPPRESS
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from harness import MIB, REPO, Harness, contenders_of, fresh_scratch
+from harness import (
+    MIB,
+    REPO,
+    Harness,
+    contenders_of,
+    fresh_scratch,
+    load_average,
+    write_results,
+)
 from sshd import SSHD, ssh_config_for  # tests/sshd.py: private sshd, stopped by pid
 
 from shared.nodeurl import parse_size
@@ -399,7 +406,7 @@ def main() -> int:
     scratch = fresh_scratch(args.dir)
     bench = Bench(scratch, args.our_scheme)
     bench.install_cleanup()
-    t0, load = time.monotonic(), Path("/proc/loadavg").read_text().split()[0]
+    t0, load = time.monotonic(), load_average()
     try:
         bench.setup_tools()
         print(f"setting up under {scratch} (logs in {bench.logs})", flush=True)
@@ -447,11 +454,7 @@ def main() -> int:
         v = "-" if t["value"] is None else f"{t['value']:.2f}"
         print(f"| {t['target']} | {t['jobs']} | {v} | {t['limit']} | {t['result']} |")
     if args.json:
-        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        samples_ = [asdict(s) for s in samples]
-        doc = dict(git_annex=version, load=load, config=config, samples=samples_, targets=results)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nraw results: {args.json}")
+        write_results(args.json, args, samples, git_annex=version, load=load, targets=results)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import asdict
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, Popen, TimeoutExpired
 from typing import Any
@@ -36,6 +38,22 @@ def machine_cpu() -> tuple[float, float]:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     return (v[0] + v[1] + v[2] + v[5] + v[6]) / HZ, v[7] / HZ
+
+
+def load_average() -> str:
+    """The 1-minute load average, printed with the results: a busy machine skews them."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def write_results(
+    path: Path, args: argparse.Namespace, samples: Sequence[Any], **fields: object
+) -> None:
+    """The raw results as JSON: ``fields`` (version, load, targets, ...), the options the
+    run had and every sample."""
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    doc = {**fields, "config": config, "samples": [asdict(s) for s in samples]}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nraw results: {path}")
 
 
 def real_git_annex() -> Path:

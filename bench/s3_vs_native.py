@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import operator
 import os
@@ -27,11 +26,20 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import HZ, MIB, REPO, Harness, contenders_of, fresh_scratch
+from harness import (
+    HZ,
+    MIB,
+    REPO,
+    Harness,
+    contenders_of,
+    fresh_scratch,
+    load_average,
+    write_results,
+)
 
 sys.path.insert(0, str(REPO))  # the checkout this script is in is the code under test
 from s3server import S3Server, s3_environ  # tests/s3server.py: moto_server, stopped by pid
@@ -496,7 +504,7 @@ def main() -> int:
     scratch = fresh_scratch(args.dir)
     bench = Bench(scratch, args.timeout)
     bench.install_cleanup()
-    t0, load = time.monotonic(), Path("/proc/loadavg").read_text().split()[0]
+    t0, load = time.monotonic(), load_average()
     samples: list[Sample] = []
     failed: dict[str, str] = {}  # impl -> where and why
     mem_error = ""
@@ -560,7 +568,7 @@ def main() -> int:
                 shutil.rmtree(scratch, ignore_errors=True)
     med = medians(samples)
     results = targets(med, args.contenders, failed, args.memory_size, mem_error)
-    end_load = Path("/proc/loadavg").read_text().split()[0]
+    end_load = load_average()
     print(
         f"\ngit-annex {version}, {os.cpu_count()} CPUs, moto_server on 127.0.0.1, chunk=8MiB, "
         f"medians of {args.reps}, load at start {load}, at end {end_load}, "
@@ -581,18 +589,16 @@ def main() -> int:
         v = "-" if t["value"] is None else f"{t['value']:.{1 if 'RSS' in t['target'] else 2}f}"
         print(f"| {t['target']} | {v} | {t['limit']} | {t['result']} |")
     if args.json:
-        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        doc = dict(
+        write_results(
+            args.json,
+            args,
+            samples,
             git_annex=version,
             load=load,
             code=code,
-            config=config,
-            samples=[asdict(s) for s in samples],
             failed=errors,
             targets=results,
         )
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"\nraw results: {args.json}")
     return 1 if errors else 0
 
 

@@ -24,12 +24,11 @@ import re
 import tempfile
 import tomllib
 import uuid as uuidlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.crypto import Cipher
 from shared.errors import ConfigError
-from shared.nodes import needs_cipher
+from shared.nodes import generate_ciphers, with_ciphers
 from shared.nodeurl import NAME_RE, NodeSpec, parse_node_list
 
 ENV_CONFIG = "GIT_ANNEX_REMOTE_PROXY_CONFIG"
@@ -62,12 +61,7 @@ class Target:
 
     def specs(self) -> list[NodeSpec]:
         """The nodes as the gateway opens them: each encrypting node with its cipher."""
-        return [
-            replace(s, params={**s.params, "cipher": self.ciphers[s.name]})
-            if needs_cipher(s) and s.name in self.ciphers
-            else s
-            for s in parse_node_list(" ".join(self.nodes))
-        ]
+        return with_ciphers(self.node_list(), self.ciphers)
 
     def validate(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -177,9 +171,7 @@ class GatewayConfig:
             name, old.uuid if old else str(uuidlib.uuid4()), nodes, copies, mincopies, ciphers
         )
         target.validate()
-        for spec in parse_node_list(" ".join(nodes)):
-            if needs_cipher(spec) and spec.name not in ciphers:
-                ciphers[spec.name] = Cipher.generate().to_config()
+        generate_ciphers(target.node_list(), ciphers)
         self.targets[name] = target
         return target
 

@@ -21,10 +21,9 @@ from shared.cluster import (
     RetrieveFailed,
     StoreFailed,
 )
-from shared.crypto import Cipher
 from shared.errors import ClusterError, InvalidKey
 from shared.keys import Key
-from shared.nodes import needs_cipher, open_node
+from shared.nodes import generate_ciphers, open_node, with_ciphers
 from shared.nodeurl import NodeSpec, parse_node_list
 
 CONFIGS = {
@@ -68,15 +67,15 @@ def with_recorded(specs: list[NodeSpec], nodeuuids: str, nodeciphers: str) -> li
     """Hand repository nodes their recorded UUIDs and encrypting nodes their ciphers
     (``nodeuuids``/``nodeciphers`` as the remote's configuration holds them)."""
     uuids = _parse_uuids(nodeuuids)
-    ciphers = _parse_uuids(nodeciphers)
-    out = []
-    for s in specs:
-        if s.scheme in _IDENTIFIED and s.name in uuids and "uuid" not in s.params:
-            s = replace(s, params={**s.params, "uuid": uuids[s.name]})
-        if needs_cipher(s) and s.name in ciphers:
-            s = replace(s, params={**s.params, "cipher": ciphers[s.name]})
-        out.append(s)
-    return out
+    return with_ciphers(
+        [
+            replace(s, params={**s.params, "uuid": uuids[s.name]})
+            if s.scheme in _IDENTIFIED and s.name in uuids and "uuid" not in s.params
+            else s
+            for s in specs
+        ],
+        _parse_uuids(nodeciphers),
+    )
 
 
 _IDENTIFIED = ("annex", "annex+ssh", "gateway+ssh")  # nodes with a UUID of their own
@@ -119,17 +118,14 @@ class ClusterRemote(Remote):
             raise RemoteError(str(e)) from e
 
     def _record_ciphers(self) -> None:
-        """Generate a cipher for each encrypting node that has none. Existing entries are
-        kept, also for nodes no longer listed: the data they encrypted needs them."""
+        """Generate a cipher for each encrypting node that has none (see
+        ``generate_ciphers``), in the remote's configuration."""
         ciphers = _parse_uuids(self.annex.getconfig("nodeciphers"))
         try:
             specs = self.node_specs()
         except ClusterError as e:
             raise RemoteError(str(e)) from e
-        new = [s.name for s in specs if needs_cipher(s) and s.name not in ciphers]
-        for name in new:
-            ciphers[name] = Cipher.generate().to_config()
-        if new:
+        if generate_ciphers(specs, ciphers):
             self.annex.setconfig("nodeciphers", " ".join(f"{n}={c}" for n, c in ciphers.items()))
 
     def node_specs(self) -> list[NodeSpec]:

@@ -321,26 +321,25 @@ class _Conn:
             with contextlib.suppress(OSError):
                 self.urd.close()
             self.urd = None
-        if sock is not None:
-            self.proxy._untrack(sock)
-            if rst:
-                _abort(sock, rst=True)
-            else:
-                with contextlib.suppress(OSError):
-                    sock.close()
+        self._drop(sock, rst)
 
     def close(self, *, rst: bool = False) -> None:
         self._drop_upstream(rst=rst)
         sock, self.client = self.client, None
         with contextlib.suppress(OSError):
             self.crd.close()
-        if sock is not None:
-            self.proxy._untrack(sock)
-            if rst:
-                _abort(sock, rst=True)
-            else:
-                with contextlib.suppress(OSError):
-                    sock.close()
+        self._drop(sock, rst)
+
+    def _drop(self, sock: socket.socket | None, rst: bool) -> None:
+        """Close one of our two sockets: with a TCP reset, or an orderly close."""
+        if sock is None:
+            return
+        self.proxy._untrack(sock)
+        if rst:
+            _abort(sock, rst=True)
+        else:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _send(self, data: bytes) -> None:
         assert self.client is not None

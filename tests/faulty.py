@@ -20,7 +20,7 @@ from typing import Literal
 
 from shared.errors import NodeError, Unavailable
 from shared.keys import Key
-from shared.nodes.base import Node, Readable, Usage, Writable
+from shared.nodes.base import Layer, Node, Readable, Usage, Writable
 
 Op = Literal["check", "present", "store", "retrieve", "remove", "usage"]
 ExcSpec = BaseException | type[BaseException]
@@ -46,10 +46,9 @@ class InjectedFault(Exception):
     """The default non-node exception, for faults that are not one of our error types."""
 
 
-class FaultyNode(Node):
+class FaultyNode(Layer):
     def __init__(self, inner: Node) -> None:
-        super().__init__(inner.spec)
-        self.inner = inner
+        super().__init__(inner)
         self.calls: list[Call] = []
         self._faults: dict[Op, _Fault] = {}
         self._lock = threading.Lock()
@@ -113,10 +112,6 @@ class FaultyNode(Node):
 
     # -- Node interface -----------------------------------------------------
 
-    @property
-    def is_local(self) -> bool:
-        return self.inner.is_local
-
     def check(self) -> None:
         self._raise_now(Call("check"))
         self.inner.check()
@@ -153,16 +148,6 @@ class FaultyNode(Node):
     def usage(self) -> Usage | None:
         self._raise_now(Call("usage"))
         return self.inner.usage()
-
-    @property
-    def counts_bytes(self) -> bool:  # type: ignore[override]
-        return self.inner.counts_bytes
-
-    def used(self) -> int:
-        return self.inner.used()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class _FailingSource:

@@ -31,7 +31,6 @@ What moto 5.2 does that an S3 client author should know (checked against this ve
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import free_port, log_tail
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 READY_TIMEOUT = 20.0
@@ -84,12 +84,6 @@ def s3_environ(base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # Never through a proxy from the environment: the server is on loopback.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -125,11 +119,11 @@ class S3Server:
         fixed = self.port != 0
         for _ in range(1 if fixed else 5):
             if not fixed:
-                self.port = _free_port()
+                self.port = free_port()
                 self._client = None
             if self._spawn():
                 return
-        raise RuntimeError(f"{self}: could not bind 127.0.0.1:{self.port}\n{self._log_tail()}")
+        raise RuntimeError(f"{self}: could not bind 127.0.0.1:{self.port}\n{log_tail(self.log)}")
 
     def _spawn(self) -> bool:
         """Run moto_server once; False if it lost a race for its port, raise on other failures."""
@@ -148,7 +142,7 @@ class S3Server:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self._proc = self.pid = None
-                new = self._log_tail(offset)
+                new = log_tail(self.log, offset)
                 if "Address already in use" in new or "already in use" in new:
                     return False
                 raise RuntimeError(f"{self}: moto_server exited with {proc.returncode}\n{new}")
@@ -156,7 +150,9 @@ class S3Server:
                 return True
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self}: not ready after {READY_TIMEOUT}s\n{self._log_tail(offset)}")
+        raise RuntimeError(
+            f"{self}: not ready after {READY_TIMEOUT}s\n{log_tail(self.log, offset)}"
+        )
 
     def _answers(self) -> bool:
         try:
@@ -164,14 +160,6 @@ class S3Server:
                 return int(r.status) == 200
         except (OSError, urllib.error.URLError):
             return False
-
-    def _log_tail(self, offset: int = 0) -> str:
-        try:
-            with open(self.log, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")[-4000:]
-        except OSError:
-            return ""
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

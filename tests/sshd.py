@@ -22,16 +22,11 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from loopback import free_port, log_tail
 
 SSHD_BIN = "/usr/sbin/sshd"
 DEFAULT_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 READY_TIMEOUT = 5.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -137,10 +132,10 @@ class SSHD:
         fixed = self.port != 0
         for _ in range(1 if fixed else 5):
             if not fixed:
-                self.port = _free_port()
+                self.port = free_port()
             if self._spawn():
                 return
-        raise RuntimeError(f"{self}: could not bind 127.0.0.1:{self.port}\n{self._log_tail()}")
+        raise RuntimeError(f"{self}: could not bind 127.0.0.1:{self.port}\n{log_tail(self.log)}")
 
     def _spawn(self) -> bool:
         """Run sshd once; False if it lost a race for its port, raise on other failures."""
@@ -160,11 +155,11 @@ class SSHD:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self._proc = self.pid = None
-                new = self._log_tail(offset)
+                new = log_tail(self.log, offset)
                 if "Address already in use" in new:
                     return False
                 raise RuntimeError(f"{self}: sshd exited with {proc.returncode}\n{new}")
-            if banner in self._log_tail(offset):
+            if banner in log_tail(self.log, offset):
                 try:
                     socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                     return True
@@ -172,15 +167,9 @@ class SSHD:
                     pass
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"{self}: not ready after {READY_TIMEOUT}s\n{self._log_tail(offset)}")
-
-    def _log_tail(self, offset: int = 0) -> str:
-        try:
-            with open(self.log, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        raise RuntimeError(
+            f"{self}: not ready after {READY_TIMEOUT}s\n{log_tail(self.log, offset)}"
+        )
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -8,13 +8,22 @@ then each chunk is encrypted, as git-annex does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from shared.errors import ConfigError
 from shared.nodes.base import Node, Usage
 from shared.nodeurl import NodeSpec, parse_size
 
-__all__ = ["LAYER_PARAMS", "Node", "Usage", "needs_cipher", "open_node"]
+__all__ = [
+    "LAYER_PARAMS",
+    "Node",
+    "Usage",
+    "generate_ciphers",
+    "needs_cipher",
+    "open_node",
+    "with_ciphers",
+]
 
 LAYER_PARAMS = ("chunk", "encryption", "mac", "cipher")
 _LAYERED_SCHEMES = ("file", "sftp", "s3")
@@ -28,6 +37,28 @@ def needs_cipher(spec: NodeSpec) -> bool:
         and "cipher" not in spec.params
         and "annexremote" not in spec.params
     )
+
+
+def with_ciphers(specs: list[NodeSpec], ciphers: Mapping[str, str]) -> list[NodeSpec]:
+    """Hand each encrypting node its recorded cipher (node name -> base64)."""
+    return [
+        replace(s, params={**s.params, "cipher": ciphers[s.name]})
+        if needs_cipher(s) and s.name in ciphers
+        else s
+        for s in specs
+    ]
+
+
+def generate_ciphers(specs: list[NodeSpec], ciphers: dict[str, str]) -> list[str]:
+    """Add to ``ciphers`` a new cipher for each encrypting node that has none; return
+    their names. Existing entries are never replaced nor dropped, also not for nodes
+    no longer listed: the data they encrypted needs them."""
+    from shared.crypto import Cipher
+
+    new = [s.name for s in specs if needs_cipher(s) and s.name not in ciphers]
+    for name in new:
+        ciphers[name] = Cipher.generate().to_config()
+    return new
 
 
 def open_node(spec: NodeSpec, client_uuid: str | None = None, trusted_source: bool = True) -> Node:

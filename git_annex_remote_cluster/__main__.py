@@ -44,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
 
         if ns.command == "status":
             return operators.cmd_status(ns)
+        if ns.command == "sim":
+            from git_annex_remote_cluster import simcli
+
+            return simcli.run(ns)
+        if ns.command in ("rebalance", "repair", "fsck"):
+            from git_annex_remote_cluster import maintain
+
+            return maintain.run(ns)
         return operators.cmd_nodes(ns)
     except (ClusterError, OSError) as e:
         if ns.debug:
@@ -70,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="reachability, latency, free space of every node")
     status.add_argument("remote")
     status.add_argument("--json", action="store_true")
+
+    from git_annex_remote_cluster import maintain, simcli
+
+    maintain.add_parsers(sub)
+    simcli.add_parser(sub)
     return p
 
 

@@ -29,43 +29,19 @@ from pathlib import Path
 
 from git_annex_remote_proxy.config import GatewayConfig, Target
 from shared.cluster import Cluster, RemoveFailed
-from shared.errors import ClusterError, ConfigError, IntegrityError
-from shared.keys import ContentVerifier, Key
+from shared.errors import ClusterError, ConfigError
+from shared.keys import Key
 from shared.nodes import open_node
 from shared.nodes.annex import AnnexNode
 from shared.nodes.base import UNKNOWN_SIZE, Readable
 from shared.nodes.retry import RetryingNode
 from shared.p2p.io import Mode, Server
+from shared.verify import VerifiedReader
 
 BLOCK = 1024 * 1024
 
 
 # -- the backend: a cluster behind the P2P server ------------------------------------
-
-
-class _Verified:
-    """The client's payload, checked against the key as it passes. At its end (before
-    the nodes see EOF and commit) the hash, the length and the client's VALID are
-    checked; a mismatch raises, which makes every node abandon its temp."""
-
-    def __init__(self, data: Readable, key: Key, length: int, valid: Callable[[], bool]) -> None:
-        self.data, self.key, self.left, self.valid = data, key, length, valid
-        self.verifier = ContentVerifier(key)
-        self.checked = False
-
-    def read(self, n: int = -1, /) -> bytes:
-        block = self.data.read(n if n >= 0 else BLOCK)
-        self.verifier.update(block)
-        self.left -= len(block)
-        if (not block or self.left <= 0) and not self.checked:
-            # Before the nodes get the last bytes (or EOF) and commit.
-            if self.left != 0:
-                raise IntegrityError(f"{self.key}: the upload ended {self.left} bytes short")
-            self.verifier.verify()  # raises IntegrityError on a wrong hash or size
-            if not self.valid() and not self.verifier.checks_hash:
-                raise IntegrityError(f"{self.key}: the client says the content changed")
-            self.checked = True
-        return block
 
 
 class ClusterBackend:
@@ -116,7 +92,7 @@ class ClusterBackend:
     ) -> tuple[str, ...]:
         if offset:
             raise ClusterError(f"cannot resume an upload at {offset}")
-        outcome = self.cluster.store_stream(key, _Verified(data, key, length, valid), length)
+        outcome = self.cluster.store_stream(key, VerifiedReader(data, key, length, valid), length)
         if outcome.failed:
             self.log(f"store {key}: {outcome.describe_failures()}")
         return self._uuids(outcome.stored + outcome.already)

@@ -29,7 +29,7 @@ Progress = Callable[[int], None]
 USAGE_TTL = 5.0  # seconds a node's free space is trusted before it is asked again
 
 
-def _reason(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """One line for a user: our errors already name the node, others get their type."""
     if isinstance(exc, NodeError):
         text = super(NodeError, exc).__str__()
@@ -172,7 +172,7 @@ class Cluster:
         try:
             used = node.used()
         except Exception as e:  # unreachable, say: the store itself will say so
-            self._log(f"node {node.name}: cannot count what it holds: {_reason(e)}")
+            self._log(f"node {node.name}: cannot count what it holds: {error_line(e)}")
             return None
         with self._room_lock:
             return self._used.setdefault(node.name, used)
@@ -186,7 +186,7 @@ class Cluster:
         try:
             usage = node.usage()
         except Exception as e:  # free space is advice; the store decides
-            self._log(f"node {node.name}: cannot tell its free space: {_reason(e)}")
+            self._log(f"node {node.name}: cannot tell its free space: {error_line(e)}")
             usage = None
         with self._room_lock:
             self._free[node.name] = (now, usage)
@@ -319,7 +319,7 @@ class Cluster:
             if err is None:
                 (outcome.stored if wrote[node.name] else outcome.already).append(node.name)
             else:
-                outcome.failed[node.name] = _reason(err)
+                outcome.failed[node.name] = error_line(err)
                 self._log(f"store {key}: node {node.name} failed: {outcome.failed[node.name]}")
         return sent
 
@@ -358,7 +358,7 @@ class Cluster:
                 except NotFound:
                     absent.append(node.name)
                 except Exception as e:
-                    errors[node.name] = _reason(e)
+                    errors[node.name] = error_line(e)
                     self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
         raise _retrieve_failed(key, errors, absent)
 
@@ -375,7 +375,7 @@ class Cluster:
             except NotFound:
                 absent.append(node.name)
             except Exception as e:
-                errors[node.name] = _reason(e)
+                errors[node.name] = error_line(e)
                 self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
         raise _retrieve_failed(key, errors, absent)
 
@@ -394,7 +394,7 @@ class Cluster:
             if first.present(key) is not None:
                 return True
         except Exception as e:
-            errors[first.name] = _reason(e)
+            errors[first.name] = error_line(e)
         futures: dict[Future[int | None], Node] = {
             self._pool.submit(n.present, key): n for n in rest
         }
@@ -406,7 +406,7 @@ class Cluster:
                     if fut.result() is not None:
                         return True
                 except Exception as e:
-                    errors[futures[fut].name] = _reason(e)
+                    errors[futures[fut].name] = error_line(e)
         if errors:
             detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
             raise PresenceUnknown(f"not on the reachable nodes, and could not check {detail}")
@@ -422,7 +422,7 @@ class Cluster:
             try:
                 fut.result()
             except Exception as e:
-                failed[node.name] = _reason(e)
+                failed[node.name] = error_line(e)
         if failed:
             raise RemoveFailed(key, failed)
 

@@ -209,6 +209,31 @@ class Key:
             return text
         return text.replace("&", "&a").replace("%", "&s").replace(":", "&c").replace("/", "%")
 
+    @classmethod
+    def from_file_name(cls, name: str) -> Key:
+        """The key a ``file_name`` came from (git-annex's ``fileKey``): ``%`` was ``/``,
+        ``&c`` ``:``, ``&s`` ``%``, ``&a`` ``&``. Raises InvalidKey for names that no
+        key produces (a stray file in an object directory)."""
+        if not any(c in name for c in "&%:"):
+            return cls.parse(name)
+        out: list[str] = []
+        chars = iter(name)
+        for c in chars:
+            if c == "%":
+                out.append("/")
+            elif c == "&":
+                nxt = next(chars, "")
+                decoded = {"c": ":", "s": "%", "a": "&"}.get(nxt)
+                if decoded is None:
+                    raise InvalidKey(f"{_show(name)}: not an escaped key file name")
+                out.append(decoded)
+            else:
+                out.append(c)
+        key = cls.parse("".join(out))
+        if key.file_name != name:
+            raise InvalidKey(f"{_show(name)}: not an escaped key file name")
+        return key
+
     def _md5(self) -> bytes:
         """Hash directories come from the parent, so all chunks share one directory."""
         return hashlib.md5(str(self.parent).encode("utf-8", "surrogateescape")).digest()

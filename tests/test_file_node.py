@@ -397,3 +397,20 @@ def subprocess_pid_that_exited() -> int:
         check=True,
     )
     return int(proc.stdout)
+
+
+def test_chunked_listing_needs_every_chunk(tmp_path: Path) -> None:
+    """A key is listed when all its chunks are there; a lone chunk, or chunks of another
+    chunk size, are not this node's keys."""
+    node = open_node(parse_node(f"c=file://{tmp_path}?chunk=10"))
+    plain = open_node(parse_node(f"p=file://{tmp_path}"))
+    whole = make_key(payload(25))
+    node.store(whole, io.BytesIO(payload(25)), 25)
+    partial = make_key(payload(30, seed=1))
+    first = Key.parse(str(partial).replace("--", "-S10-C1--", 1))
+    plain.store(first, io.BytesIO(payload(10, seed=1)), 10)
+    other_size = Key.parse(str(make_key(payload(8, seed=2))).replace("--", "-S4-C1--", 1))
+    plain.store(other_size, io.BytesIO(payload(4, seed=2)), 4)
+    assert [str(k) for k in node.list_keys()] == [str(whole)]
+    node.remove(first)
+    assert [str(k) for k in node.list_keys()] == [str(whole)]

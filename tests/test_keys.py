@@ -284,6 +284,15 @@ def test_round_trip(text: str) -> None:
     assert Key.parse(str(key.parent)) == key.parent
     assert "/" not in key.file_name and key.file_name not in ("", ".", "..")
     assert len(key.hashdirlower) == 8 and len(key.hashdirmixed) == 6
+    assert Key.from_file_name(key.file_name) == key  # listings read names back
+
+
+@pytest.mark.parametrize("name", ["URL--a&b", "URL--a&", "WORM--x&c&z", "URL--a:b", "stray.txt"])
+def test_names_no_key_escapes_to_are_refused(name: str) -> None:
+    """Only what ``file_name`` produces is read back (a stray file in a node's directory
+    is not a key); "URL--a:b" is not escaped, so it is no file name either."""
+    with pytest.raises(InvalidKey):
+        Key.from_file_name(name)
 
 
 def _check_any(text: str) -> None:

@@ -36,6 +36,7 @@ from shared.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
+    Unsupported,
 )
 from shared.keys import Key
 from shared.nodes.base import (
@@ -459,6 +460,18 @@ class AnnexNode(Node):
                 "or the repository could not be written)",
                 self.name,
             )
+
+    def list_names(self) -> Iterator[str]:
+        """Walks the repository's object directory (see ``shared.nodes.annexlist``)."""
+        from shared.nodes import annexlist
+
+        if self.is_gateway:
+            raise Unsupported("a gateway's target cannot be listed", self.name)
+        if self.target is None:
+            return annexlist.local_object_names(self.path, _local_env(), self.name)
+        chan = self.pool.connection(self.target).exec(annexlist.remote_command(self.path))
+        chan.shutdown_write()
+        return annexlist.remote_object_names(chan, self.where, self.name)
 
     def close(self) -> None:
         with self._lock:

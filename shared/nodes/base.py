@@ -22,11 +22,11 @@ Contracts (the cluster and the conformance tests rely on them):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.errors import IntegrityError, Unsupported
+from shared.errors import IntegrityError, InvalidKey, Unsupported
 from shared.keys import Key
 from shared.nodeurl import NodeSpec
 
@@ -73,6 +73,10 @@ def read_up_to(source: Readable, n: int) -> bytes:
 
 
 UNKNOWN_SIZE = -1  # present, size not known (see the contract above)
+
+#: The keys a caller knows of (the repository's git-annex branch), asked for only by
+#: nodes whose object names cannot be read back as keys (encrypted names).
+KnownKeys = Callable[[], Iterable[Key]]
 
 
 def copy_exact(source: Readable, out: Writable, size: int, key: Key, node: str) -> None:
@@ -163,6 +167,16 @@ class Node(ABC):
         ``Unsupported`` where the backend cannot list (a git-annex repository over P2P)."""
         raise Unsupported("this kind of node cannot list what it holds", self.name)
 
+    def list_keys(self, known: KnownKeys | None = None) -> Iterator[Key]:
+        """The keys held, streamed (memory does not grow with their number). Names that
+        are not keys (a stray file) are skipped. Layers that hide key names match them
+        against ``known``; ``Unsupported`` where the node cannot list at all."""
+        for name in self.list_names():
+            try:
+                yield Key.from_file_name(name)
+            except InvalidKey:
+                continue
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once when the remote process ends."""
 
@@ -198,6 +212,9 @@ class Layer(Node):
 
     def list_names(self) -> Iterator[str]:
         return self.inner.list_names()
+
+    def list_keys(self, known: KnownKeys | None = None) -> Iterator[Key]:
+        return self.inner.list_keys(known)
 
     @property
     def counts_bytes(self) -> bool:  # type: ignore[override]

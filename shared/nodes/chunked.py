@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from shared.errors import IntegrityError, NodeError, NotFound
 from shared.keys import Key
-from shared.nodes.base import Layer, Node, Readable, Writable, read_up_to
+from shared.nodes.base import KnownKeys, Layer, Node, Readable, Writable, read_up_to
 
 # Chunks up to this size are read into memory and stored several at a time
 # (small objects are latency-bound); larger ones stream, one at a time.
@@ -72,7 +72,7 @@ class ChunkedNode(Layer):
     def chunks(self, key: Key) -> list[Key]:
         """The chunk keys of ``key`` under this node's chunk size (git-annex's chunkKeyStream)."""
         assert key.size is not None
-        count = max(1, -(-key.size // self.chunk_size))
+        count = self._count(key.size)
         return [
             Key(
                 key.backend,
@@ -84,6 +84,39 @@ class ChunkedNode(Layer):
             )
             for n in range(1, count + 1)
         ]
+
+    def _count(self, size: int) -> int:
+        return max(1, -(-size // self.chunk_size))
+
+    def list_keys(self, known: KnownKeys | None = None) -> Iterator[Key]:
+        """Keys all of whose chunks are there (chunks of one key are not listed together:
+        only keys still missing chunks are kept in memory), and keys stored whole
+        because they cannot be chunked. Chunks of another chunk size are not this
+        node's keys: git-annex would need its chunk log to find them, and so would we."""
+
+        def inner_known() -> Iterator[Key]:
+            assert known is not None
+            for key in known():
+                yield from ([key] if _unchunkable(key) else self.chunks(key))
+
+        missing: dict[Key, int] = {}  # parent -> chunks not seen yet
+        for key in self.inner.list_keys(inner_known if known is not None else None):
+            if not key.is_chunk:
+                if _unchunkable(key):
+                    yield key
+                continue
+            if key.chunk_size != self.chunk_size or key.size is None:
+                continue
+            count = self._count(key.size)
+            if key.chunk_num is None or key.chunk_num > count:
+                continue  # a chunk beyond the end: not ours
+            parent = key.parent
+            left = missing.get(parent, count) - 1
+            if left == 0:
+                missing.pop(parent, None)
+                yield parent
+            else:
+                missing[parent] = left
 
     def _all_present(self, chunks: list[Key]) -> bool:
         """Whether every chunk is there: the first is asked alone (a missing key costs

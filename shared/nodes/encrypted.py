@@ -13,10 +13,12 @@ patterns, and whoever holds the cipher (every clone, for ``shared``) can read al
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from shared.crypto import Cipher, Decryptor, EncryptingReader, encrypted_size
-from shared.errors import IntegrityError
+from shared.errors import IntegrityError, Unsupported
 from shared.keys import Key
-from shared.nodes.base import UNKNOWN_SIZE, Layer, Node, Readable, Writable
+from shared.nodes.base import UNKNOWN_SIZE, KnownKeys, Layer, Node, Readable, Writable
 
 
 class _DecryptingSink:
@@ -53,6 +55,20 @@ class EncryptedNode(Layer):
     def stored_key(self, key: Key) -> Key:
         """The name the node sees: git-annex's ``encryptKey``."""
         return Key.parse(self.cipher.encrypt_key(str(key)))
+
+    def list_keys(self, known: KnownKeys | None = None) -> Iterator[Key]:
+        """Names are HMACs, which cannot be read back: the known keys whose names are
+        listed. Memory holds the set of listed names (one short string per object)."""
+        if known is None:
+            raise Unsupported(
+                "its object names are encrypted; its keys can only be matched against "
+                "the keys of a git-annex repository",
+                self.name,
+            )
+        names = {str(k) for k in self.inner.list_keys()}
+        for key in known():
+            if str(self.stored_key(key)) in names:
+                yield key
 
     def present(self, key: Key) -> int | None:
         if self.inner.present(self.stored_key(key)) is None:

@@ -37,6 +37,7 @@ from tenacity import (
 from shared.errors import (
     ConfigError,
     IntegrityError,
+    InvalidKey,
     NodeError,
     NoSpace,
     NotFound,
@@ -45,7 +46,7 @@ from shared.errors import (
     Unsupported,
 )
 from shared.keys import Key
-from shared.nodes.base import BLOCK, Node, Readable, Writable, read_up_to
+from shared.nodes.base import BLOCK, KnownKeys, Node, Readable, Writable, read_up_to
 from shared.nodeurl import NodeSpec, parse_size
 
 T = TypeVar("T")
@@ -499,6 +500,14 @@ class S3Node(Node):
     def list_names(self) -> Iterator[str]:
         for name, _ in self._listing():
             yield name
+
+    def list_keys(self, known: KnownKeys | None = None) -> Iterator[Key]:
+        """Object names are keys as they are (not git-annex's escaped file names)."""
+        for name in self.list_names():
+            try:
+                yield Key.parse(name)
+            except InvalidKey:
+                continue
 
     def _listing(self) -> Iterator[tuple[str, int]]:
         """Object names under the prefix, prefix removed, streamed page by page

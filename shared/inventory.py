@@ -1,0 +1,128 @@
+"""Which node holds which key: the starting point of rebalance, repair and fsck.
+
+Every node is listed at once, in its own thread (``Node.list_keys``, streamed).
+A node that cannot list (a git-annex repository behind a forced command, a
+gateway's target) is asked about each key the repository knows instead. A node
+that cannot be reached is recorded as *unlisted*, never as empty: callers decide
+what that means (rebalance refuses to run, repair works around it).
+
+Memory is one small entry per distinct key: the key's text and a bit mask of its
+holders, which is what a million-key cluster needs and no more.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from shared.errors import ClusterError, Unsupported
+from shared.keys import Key
+from shared.nodes.base import KnownKeys, Node
+
+Listed = Callable[[str, int], None]  # (node name, keys listed so far), for progress
+ASK_JOBS = 8  # presence requests in flight for a node that cannot list
+
+
+@dataclass
+class Inventory:
+    names: list[str]
+    holders: dict[str, int] = field(default_factory=dict)  # key text -> bit per node
+    unlisted: dict[str, str] = field(default_factory=dict)  # node name -> why
+    asked: list[str] = field(default_factory=list)  # nodes asked key by key
+
+    def bit(self, name: str) -> int:
+        return 1 << self.names.index(name)
+
+    def holders_of(self, key: str) -> list[str]:
+        mask = self.holders.get(key, 0)
+        return [n for i, n in enumerate(self.names) if mask >> i & 1]
+
+    def key_texts(self) -> Iterator[str]:
+        return iter(self.holders)
+
+    def count_on(self, name: str) -> int:
+        bit = self.bit(name)
+        return sum(1 for mask in self.holders.values() if mask & bit)
+
+
+def take_inventory(
+    nodes: Sequence[Node], known: KnownKeys, listed: Listed | None = None
+) -> Inventory:
+    """List every node in parallel; see the module's docstring."""
+    inv = Inventory([n.name for n in nodes])
+    lock = threading.Lock()
+
+    def add(bit: int, keys: Iterator[Key], name: str) -> None:
+        count = 0
+        batch: list[str] = []
+        for key in keys:
+            batch.append(str(key))
+            if len(batch) >= 1000:
+                count += _merge(inv, lock, batch, bit)
+                if listed is not None:
+                    listed(name, count)
+        count += _merge(inv, lock, batch, bit)
+        if listed is not None:
+            listed(name, count)
+
+    def one(i: int, node: Node) -> None:
+        bit = 1 << i
+        try:
+            try:
+                add(bit, node.list_keys(known), node.name)
+            except Unsupported:
+                _forget(inv, lock, bit)
+                with lock:
+                    inv.asked.append(node.name)
+                add(bit, _ask(node, known), node.name)
+        except ClusterError as e:
+            _forget(inv, lock, bit)
+            with lock:
+                inv.unlisted[node.name] = str(e).removeprefix(f"node {node.name}: ")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes)), thread_name_prefix="list") as pool:
+        for future in [pool.submit(one, i, n) for i, n in enumerate(nodes)]:
+            future.result()
+    return inv
+
+
+def _merge(inv: Inventory, lock: threading.Lock, batch: list[str], bit: int) -> int:
+    n = len(batch)
+    with lock:
+        holders = inv.holders
+        for text in batch:
+            holders[text] = holders.get(text, 0) | bit
+    batch.clear()
+    return n
+
+
+def _forget(inv: Inventory, lock: threading.Lock, bit: int) -> None:
+    """Drop what a node listed before it failed: a partial list is no list."""
+    with lock:
+        for text in [t for t, m in inv.holders.items() if m & bit]:
+            mask = inv.holders[text] & ~bit
+            if mask:
+                inv.holders[text] = mask
+            else:
+                del inv.holders[text]
+
+
+def _ask(node: Node, known: KnownKeys) -> Iterator[Key]:
+    """The known keys the node confirms, ``ASK_JOBS`` requests at a time. Any failure
+    to answer fails the whole listing (an unanswered key is not an absent one)."""
+    with ThreadPoolExecutor(max_workers=ASK_JOBS, thread_name_prefix=f"ask-{node.name}") as pool:
+        window: list[tuple[Key, Future[int | None]]] = []
+        for key in known():
+            window.append((key, pool.submit(node.present, key)))
+            if len(window) >= ASK_JOBS * 4:
+                yield from _settle(window[: ASK_JOBS * 2])
+                del window[: ASK_JOBS * 2]
+        yield from _settle(window)
+
+
+def _settle(window: list[tuple[Key, Future[int | None]]]) -> Iterator[Key]:
+    for key, future in window:
+        if future.result() is not None:
+            yield key

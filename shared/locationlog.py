@@ -1,0 +1,161 @@
+"""The keys a repository knows of, from the location logs of its git-annex branch.
+
+Encrypted nodes cannot say which keys they hold (object names are HMACs), and a
+git-annex repository behind a forced command cannot be listed at all: their keys
+are matched against these. ``repair`` and ``fsck`` also compare what the nodes
+hold with where git-annex believes the content is.
+
+Location logs are ``<hashdirlower>/<key file name>.log`` on the branch, lines
+``<timestamp>s <1|0> <uuid>``, the newest line per UUID winning; changes not
+yet committed sit in ``.git/annex/journal`` (the path with ``_`` doubled and
+``/`` as ``_``), which wins. Read with one ``git ls-tree`` and one ``git cat-file
+--batch``, streamed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from shared.errors import ConfigError, InvalidKey
+from shared.keys import Key
+
+BRANCH = "git-annex"
+
+
+def _key_of(path: str) -> Key | None:
+    """The key of a location log's path (``aaa/bbb/KEY.log``), None for other files."""
+    parts = path.split("/")
+    if len(parts) != 3 or not parts[2].endswith(".log") or len(parts[0]) != 3:
+        return None
+    try:
+        return Key.from_file_name(parts[2][: -len(".log")])
+    except InvalidKey:
+        return None
+
+
+def present_uuids(text: str) -> set[str]:
+    """UUIDs whose newest line says present."""
+    newest: dict[str, tuple[float, bool]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[1] not in ("0", "1"):
+            continue
+        try:
+            stamp = float(fields[0].rstrip("s"))
+        except ValueError:
+            continue
+        uuid = fields[2]
+        if uuid not in newest or stamp >= newest[uuid][0]:
+            newest[uuid] = (stamp, fields[1] == "1")
+    return {u for u, (_, here) in newest.items() if here}
+
+
+def _git_dir(cwd: Path) -> Path:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--absolute-git-dir"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        raise ConfigError(f"{cwd} is not in a git repository; run this in the repository")
+    return Path(proc.stdout.strip())
+
+
+def _journal(cwd: Path) -> dict[str, Path]:
+    """Branch path -> journal file, for location logs not yet committed."""
+    journal = _git_dir(cwd) / "annex" / "journal"
+    out: dict[str, Path] = {}
+    try:
+        entries = list(os.scandir(journal))
+    except OSError:
+        return out
+    for entry in entries:
+        # "aaa_bbb_KEY.log": the hash directories are hex, so the two separators are
+        # at fixed places (the mangling alone is ambiguous: "___" is "/_" or "_/").
+        name = entry.name
+        if len(name) > 8 and name[3] == name[7] == "_" and name.endswith(".log"):
+            out[f"{name[:3]}/{name[4:7]}/{name[8:].replace('__', '_')}"] = Path(entry.path)
+    return out
+
+
+def _branch_logs(cwd: Path) -> Iterator[tuple[str, str]]:
+    """(path, blob id) of every location log on the branch, streamed."""
+    proc = subprocess.Popen(
+        ["git", "ls-tree", "-r", "-z", BRANCH],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    buf = b""
+    try:
+        while block := proc.stdout.read(1 << 16):
+            buf += block
+            *entries, buf = buf.split(b"\0")
+            for entry in entries:
+                meta, _, path = entry.partition(b"\t")
+                text = os.fsdecode(path)
+                if text.endswith(".log") and text.count("/") == 2:
+                    yield text, meta.split()[2].decode()
+    finally:
+        proc.stdout.close()
+        proc.wait()
+
+
+def known_keys(cwd: Path | None = None) -> Iterator[Key]:
+    """Every key with a location log, whoever holds it."""
+    where = cwd or Path.cwd()
+    journal = _journal(where)
+    for path, _ in _branch_logs(where):
+        key = _key_of(path)
+        if key is not None:
+            journal.pop(path, None)
+            yield key
+    for path in journal:
+        key = _key_of(path)
+        if key is not None:
+            yield key
+
+
+def keys_in(uuid: str, cwd: Path | None = None) -> Iterator[Key]:
+    """Keys whose location log says ``uuid`` has them (the journal's copy wins)."""
+    where = cwd or Path.cwd()
+    journal = _journal(where)
+    proc = subprocess.Popen(
+        ["git", "cat-file", "--batch"],
+        cwd=where,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        for path, blob in _branch_logs(where):
+            key = _key_of(path)
+            if key is None:
+                continue
+            in_journal = journal.pop(path, None)
+            if in_journal is not None:
+                text = in_journal.read_text(errors="replace")
+            else:
+                proc.stdin.write(blob.encode() + b"\n")
+                proc.stdin.flush()
+                header = proc.stdout.readline().split()
+                size = int(header[2]) if len(header) == 3 else 0
+                text = proc.stdout.read(size + 1)[:size].decode(errors="replace")
+            if uuid in present_uuids(text):
+                yield key
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.wait()
+    for path, file in journal.items():
+        key = _key_of(path)
+        if key is not None and uuid in present_uuids(file.read_text(errors="replace")):
+            yield key

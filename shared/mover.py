@@ -1,0 +1,264 @@
+"""Carrying out a plan, and checking what the nodes hold.
+
+A move copies the key from a holder to each new node, streamed through a bounded
+pipe and checked against the key's hash on the way (``VerifiedReader``: a wrong
+byte aborts the store before it commits), confirms the new copy is there, and
+only then removes the key from the nodes that should no longer hold it, after
+confirming again that ``copies`` other nodes hold it. Stopping at any point
+(Ctrl-C, a crash, a lost connection) leaves every key with at least as many
+copies as it had: a store in progress is never visible, and a removal happens
+only after the copies it relies on are confirmed. Running the command again
+continues, because the plan is computed afresh from what the nodes hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from shared.cluster import error_line
+from shared.errors import ClusterError, IntegrityError, NotFound
+from shared.fanout import DEPTH, QueueReader
+from shared.keys import Key
+from shared.nodes.base import BLOCK, UNKNOWN_SIZE, Node
+from shared.plan import Move
+from shared.progress import Progress
+from shared.verify import VerifiedReader, VerifyingSink
+
+
+class Stopped(Exception):
+    """The operator interrupted; raised inside transfers to abandon them."""
+
+
+@dataclass
+class MoveResult:
+    key: str
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # node -> why its step failed
+    kept: dict[str, str] = field(default_factory=dict)  # node -> why the key stays there
+
+
+class _Pipe:
+    """What a source node writes, read by a target node's store; bounded, and
+    cancellable so that a source never blocks once the store is over."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=DEPTH)
+        self.done = threading.Event()
+        self.stop = stop
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), BLOCK):
+            self._put(bytes(view[start : start + BLOCK]))
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while True:
+            if self.done.is_set() or self.stop.is_set():
+                raise Stopped
+            try:
+                self.q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def close(self, error: BaseException | None) -> None:
+        with contextlib.suppress(Stopped):
+            self._put(error if error is not None else b"")
+
+    def abandon(self) -> None:
+        self.done.set()
+        while True:
+            try:
+                self.q.get_nowait()
+            except queue.Empty:
+                return
+
+
+class Mover:
+    def __init__(
+        self,
+        nodes: Mapping[str, Node],
+        copies: int,
+        progress: Progress | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.nodes, self.copies = nodes, copies
+        self.progress = progress
+        self.log = log or (lambda _m: None)
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- one copy ---------------------------------------------------------------
+
+    def _sources(self, names: Iterable[str]) -> list[Node]:
+        nodes = [self.nodes[n] for n in names if n in self.nodes]
+        return sorted(nodes, key=lambda n: n.cost)
+
+    def copy(self, key: Key, sources: Sequence[str], target: str) -> str:
+        """Copy ``key`` to ``target`` from the first source that delivers it intact;
+        return that source's name. The content is checked against the key before
+        the target commits it, and the target is asked afterwards."""
+        errors: dict[str, str] = {}
+        for source in self._sources(sources):
+            if self.stopping.is_set():
+                raise Stopped
+            try:
+                size = key.content_size
+                if size is None:
+                    size = source.present(key)
+                    if size is None:
+                        raise NotFound(f"{key} is not there", source.name)
+                    if size == UNKNOWN_SIZE:
+                        raise ClusterError(f"node {source.name} cannot tell the size of {key}")
+                self._transfer(key, size, source, self.nodes[target])
+                if self.nodes[target].present(key) is None:
+                    raise IntegrityError(f"{key} is not there after the copy", target)
+                return source.name
+            except Stopped:
+                raise
+            except Exception as e:
+                errors[source.name] = error_line(e)
+                self.log(f"copy {key} from {source.name} to {target} failed: {errors[source.name]}")
+        detail = "; ".join(f"from {n}: {r}" for n, r in errors.items()) or "no node holds it"
+        raise ClusterError(f"could not copy {key} to {target} ({detail})")
+
+    def _transfer(self, key: Key, size: int, source: Node, target: Node) -> None:
+        pipe = _Pipe(self.stopping)
+
+        def produce() -> None:
+            error: BaseException | None = None
+            try:
+                source.retrieve(key, pipe)
+            except BaseException as e:
+                error = e
+            pipe.close(error)
+
+        counted = self.progress.add_bytes if self.progress is not None else None
+        reader = VerifiedReader(QueueReader(pipe.q), key, size, on_bytes=counted)
+        thread = threading.Thread(target=produce, name=f"copy-{source.name}", daemon=True)
+        thread.start()
+        try:
+            target.store(key, reader, size)
+        finally:
+            pipe.abandon()
+            thread.join()
+        if self.stopping.is_set() and not reader.checked:
+            raise Stopped
+
+    # -- one move ---------------------------------------------------------------
+
+    def apply(self, move: Move) -> MoveResult:
+        key = Key.parse(move.key)
+        result = MoveResult(move.key)
+        holders = [n for n in move.holders if n in self.nodes]
+        for target in move.add:
+            if self.stopping.is_set():
+                raise Stopped
+            try:
+                self.copy(key, holders + result.added, target)
+                result.added.append(target)
+            except Stopped:
+                raise
+            except Exception as e:
+                result.failed[target] = error_line(e)
+        if move.remove:
+            self._remove(key, move, result)
+        if self.progress is not None:
+            self.progress.key_done()
+        return result
+
+    def _remove(self, key: Key, move: Move, result: MoveResult) -> None:
+        keepers = [n for n in (*move.holders, *result.added) if n not in move.remove]
+        confirmed = self.confirmed(key, keepers)
+        if len(confirmed) < self.copies:
+            why = (
+                f"only {len(confirmed)} other node(s) confirmed holding it "
+                f"({', '.join(confirmed) or 'none'}), {self.copies} needed"
+            )
+            result.kept.update({n: why for n in move.remove})
+            return
+        for name in move.remove:
+            if self.stopping.is_set():
+                raise Stopped
+            try:
+                self.nodes[name].remove(key)
+                result.removed.append(name)
+            except Exception as e:
+                result.failed[name] = error_line(e)
+
+    def confirmed(self, key: Key, names: Iterable[str]) -> list[str]:
+        """The nodes among ``names`` that confirm holding ``key`` now."""
+        out = []
+        for name in names:
+            try:
+                if self.nodes[name].present(key) is not None:
+                    out.append(name)
+            except Exception as e:
+                self.log(f"{key}: node {name} could not confirm: {error_line(e)}")
+        return out
+
+    # -- many moves -------------------------------------------------------------
+
+    def run(self, moves: Sequence[Move], jobs: int = 1) -> tuple[list[MoveResult], bool]:
+        """Apply ``moves``, ``jobs`` at a time; (results, finished). On Ctrl-C, transfers
+        in progress are abandoned (nothing half-written becomes visible) and the
+        results so far are returned with finished=False."""
+        results: list[MoveResult] = []
+        todo = iter(moves)
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="move") as pool:
+            running: set[Future[MoveResult]] = set()
+            try:
+                while True:
+                    while len(running) < max(1, jobs) and not self.stopping.is_set():
+                        move = next(todo, None)
+                        if move is None:
+                            break
+                        running.add(pool.submit(self.apply, move))
+                    if not running:
+                        break
+                    done, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        with contextlib.suppress(Stopped):
+                            results.append(future.result())
+            except KeyboardInterrupt:
+                self.stop()
+                for future in running:
+                    with contextlib.suppress(Stopped, Exception):
+                        results.append(future.result())
+        return results, not self.stopping.is_set()
+
+
+# -- fsck --------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    key: str
+    node: str
+    status: str  # "ok", "corrupt", "missing", "unreadable"
+    detail: str = ""
+    hash_checked: bool = True
+
+
+def check_copy(key: Key, node: Node, progress: Progress | None = None) -> CheckResult:
+    """Read the node's copy whole and check it against the key (hash and size)."""
+    sink = VerifyingSink(key, progress.add_bytes if progress is not None else None)
+    text = str(key)
+    try:
+        node.retrieve(key, sink)
+        sink.verify()
+    except IntegrityError as e:
+        return CheckResult(text, node.name, "corrupt", error_line(e).removeprefix(f"{text}: "))
+    except NotFound:
+        return CheckResult(text, node.name, "missing", "listed, but gone when read")
+    except Exception as e:
+        return CheckResult(text, node.name, "unreadable", error_line(e))
+    return CheckResult(text, node.name, "ok", hash_checked=sink.verifier.checks_hash)

@@ -1,0 +1,163 @@
+"""Where every key should be, and the moves that get it there: pure, no I/O.
+
+A key belongs on the nodes a store would pick for it today: its rendezvous order
+over the nodes that take new data, spread over zones, skipping nodes whose
+``maxsize`` it would overflow. Copies on ``readonly`` nodes stay where they are
+and count; copies on ``drain`` and ``weight=0`` nodes move off.
+
+A move adds the key to the nodes that should hold it and lacks it, and then
+removes it from holders that should not, but never so many that fewer than
+``copies`` would remain: where the cluster cannot place ``copies`` copies
+(too few nodes with room), extra copies stay put. ``repair`` plans only the
+additions a key short of ``copies`` needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from shared.inventory import Inventory
+from shared.keys import Key
+from shared.nodeurl import NodeSpec, NodeState
+from shared.placement import rendezvous_order, spread_over_zones
+
+
+@dataclass(frozen=True)
+class Move:
+    key: str
+    size: int | None  # None: the key does not say (counted as 0 bytes in the plan)
+    holders: tuple[str, ...]
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+
+
+@dataclass
+class NodeTotals:
+    keys_in: int = 0
+    bytes_in: int = 0
+    keys_out: int = 0
+    bytes_out: int = 0
+    held: int = 0  # keys held before
+    held_after: int = 0
+
+
+@dataclass
+class Plan:
+    copies: int
+    moves: list[Move] = field(default_factory=list)
+    nodes: dict[str, NodeTotals] = field(default_factory=dict)
+    short: dict[str, str] = field(default_factory=dict)  # key -> why it stays short of copies
+    keys: int = 0  # keys looked at
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum((m.size or 0) * len(m.add) for m in self.moves)
+
+    @property
+    def copies_to_add(self) -> int:
+        return sum(len(m.add) for m in self.moves)
+
+    @property
+    def copies_to_remove(self) -> int:
+        return sum(len(m.remove) for m in self.moves)
+
+
+def _key_size(text: str) -> int | None:
+    try:
+        return Key.parse(text).size
+    except Exception:
+        return None
+
+
+def make_plan(
+    specs: Sequence[NodeSpec],
+    copies: int,
+    inventory: Inventory,
+    *,
+    repair_only: bool = False,
+    unusable: Mapping[str, str] | None = None,
+) -> Plan:
+    """Moves for every key of ``inventory``. ``unusable``: nodes not to copy to (not
+    reachable); ``repair_only``: add copies to keys short of ``copies``, remove none."""
+    unusable = unusable or {}
+    by_name = {s.name: s for s in specs}
+    takers = [
+        s for s in specs if s.state.takes_new_data and s.weight > 0 and s.name not in unusable
+    ]
+    weights = [s.weight for s in takers]
+    plan = Plan(copies, nodes={s.name: NodeTotals() for s in specs})
+    used = {s.name: 0 for s in specs}
+    for text in inventory.key_texts():
+        size = _key_size(text) or 0
+        for name in inventory.holders_of(text):
+            if name in used:
+                used[name] += size
+                plan.nodes[name].held += 1
+
+    def room(spec: NodeSpec, size: int) -> bool:
+        return spec.maxsize is None or used[spec.name] + size <= spec.maxsize
+
+    for text in inventory.key_texts():
+        plan.keys += 1
+        key_size = _key_size(text)
+        size = key_size or 0
+        holders = [n for n in inventory.holders_of(text) if n in by_name]
+        held = set(holders)
+        kept = [n for n in holders if by_name[n].state is NodeState.READONLY]
+        want = list(kept)
+        for spec in spread_over_zones(rendezvous_order(text, takers, weights)):
+            if len(want) >= copies:
+                break
+            if spec.name in held or room(spec, size):
+                want.append(spec.name)
+        if repair_only:
+            missing = max(0, copies - len(held))
+            add = [n for n in want if n not in held][:missing]
+            remove: list[str] = []
+        else:
+            add = [n for n in want if n not in held]
+            remove = _removable(text, holders, want, by_name, copies, len(held) + len(add))
+        after = len(held) + len(add) - len(remove)
+        if after < copies:
+            plan.short[text] = (
+                f"{after} of {copies} copies: not enough nodes that take new data and have room"
+            )
+        if add or remove:
+            move = Move(text, key_size, tuple(holders), tuple(add), tuple(remove))
+            plan.moves.append(move)
+            for name in add:
+                used[name] += size
+                plan.nodes[name].keys_in += 1
+                plan.nodes[name].bytes_in += size
+            for name in remove:
+                used[name] -= size
+                plan.nodes[name].keys_out += 1
+                plan.nodes[name].bytes_out += size
+    for totals in plan.nodes.values():
+        totals.held_after = totals.held + totals.keys_in - totals.keys_out
+    return plan
+
+
+def _removable(
+    key: str,
+    holders: list[str],
+    want: list[str],
+    by_name: Mapping[str, NodeSpec],
+    copies: int,
+    total: int,
+) -> list[str]:
+    """Holders that should not hold the key, those on drain/weight-0 nodes first, then
+    the key's least preferred; as many as leave ``copies`` copies."""
+    extra = [n for n in holders if n not in want]
+    specs = list(by_name.values())
+    order = rendezvous_order(key, specs, [s.weight for s in specs])
+    rank = {s.name: i for i, s in enumerate(order)}
+
+    def leaving(name: str) -> bool:
+        spec = by_name[name]
+        return spec.state is NodeState.DRAIN or spec.weight <= 0
+
+    extra.sort(key=lambda n: (not leaving(n), -rank[n]))
+    spare = max(0, total - copies)
+    return extra[:spare]

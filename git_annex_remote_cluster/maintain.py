@@ -1,420 +1,45 @@
-"""``rebalance``, ``repair`` and ``fsck``: keeping a cluster remote healthy over time.
+"""``rebalance``, ``repair`` and ``fsck`` on a cluster remote of the repository in the
+current directory (the commands themselves are in ``shared.maintaincli``).
 
-All three start from an inventory of what every node holds (``shared.inventory``)
-and act on the nodes directly; the git-annex branch does not change, since the
-cluster as a whole holds the same keys before and after. Keys of encrypted nodes
-are recognised by matching the repository's known keys, so run them in a clone
-that is up to date (``git annex sync`` or ``git annex merge`` first).
+Keys of encrypted nodes are recognised by matching the repository's known keys, so
+run them in a clone that is up to date (``git annex sync`` or ``git annex merge``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import random
-import sys
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from git_annex_remote_cluster.operators import ClusterConfig
-from shared import locationlog
-from shared.errors import ClusterError, ConfigError
-from shared.inventory import Inventory, take_inventory
-from shared.keys import Key
-from shared.mover import CheckResult, Mover, MoveResult, check_copy
-from shared.nodecli import human_size, table
+from shared import locationlog, maintaincli
+from shared.errors import ConfigError
 from shared.nodes import Node, open_node
-from shared.nodeurl import NodeSpec, NodeState
-from shared.plan import Plan, make_plan
-from shared.progress import Progress
 
-DEFAULT_JOBS = 2
+COMMAND = "git-annex-remote-cluster"
 
 
 def add_parsers(sub: Any) -> None:
-    r = sub.add_parser(
-        "rebalance",
-        help="move keys to the nodes placement picks today (shows the plan; --apply moves)",
-        description="Compute where every key of the cluster remote should be under the current "
-        "node list (weights, zones, states, maxsize) and show the moves. With --apply, copy "
-        "each key to its new nodes, verify it, and only then remove it from the nodes that "
-        "should no longer hold it; never fewer than copies= copies at any moment. Safe to "
-        "interrupt; run it again to continue.",
-    )
-    r.add_argument("remote")
-    r.add_argument("--apply", action="store_true", help="carry out the plan")
-    r.add_argument("--dry-run", action="store_true", help="only show the plan (the default)")
-    _common(r)
-
-    p = sub.add_parser(
-        "repair",
-        help="give keys with fewer than copies= copies their missing copies",
-        description="Find keys held by fewer than copies= reachable nodes (a node was lost, "
-        "emptied, or is unreachable) and copy them, verified, to the nodes placement picks.",
-    )
-    p.add_argument("remote")
-    p.add_argument("--dry-run", action="store_true", help="only show what would be copied")
-    _common(p)
-
-    f = sub.add_parser(
-        "fsck",
-        help="check the content on the nodes against the keys' hashes",
-        description="Read every copy (or a --sample of keys) from every node holding it and "
-        "check it against the key's hash and size. --repair replaces bad copies with a good one.",
-    )
-    f.add_argument("remote")
-    f.add_argument(
-        "--sample", metavar="N|P%", help="check N keys (or P percent of them), picked at random"
-    )
-    f.add_argument("--seed", type=int, help="random seed for --sample (repeatable picks)")
-    f.add_argument("--repair", action="store_true", help="replace corrupt or missing copies")
-    _common(f)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    p.add_argument(
-        "--jobs",
-        "-J",
-        type=int,
-        default=DEFAULT_JOBS,
-        help=f"keys at once (default {DEFAULT_JOBS})",
-    )
+    maintaincli.add_parsers(sub, "remote")
 
 
 def run(args: Any) -> int:
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs}: give at least 1")
     config = ClusterConfig.load(args.remote)
-    with _opened(config) as cluster:
-        if args.command == "rebalance":
-            return _rebalance(args, cluster)
-        if args.command == "repair":
-            return _repair(args, cluster)
-        return _fsck(args, cluster)
-
-
-@dataclass
-class _Cluster:
-    config: ClusterConfig
-    specs: list[NodeSpec]
-    nodes: dict[str, Node]
-    copies: int
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    def inventory(self) -> Inventory:
-        def listed(name: str, count: int) -> None:
-            if count and count % 100000 == 0:
-                print(f"listing {name}: {count} keys so far", file=sys.stderr)
-
-        return take_inventory(
-            list(self.nodes.values()), lambda: locationlog.known_keys(), listed=listed
-        )
-
-
-@contextmanager
-def _opened(config: ClusterConfig) -> Iterator[_Cluster]:
     specs = config.open_specs()
     if not specs:
         raise ConfigError(f"remote {config.name} has no nodes")
-    copies = int(config.config.get("copies") or len(specs))
     nodes: dict[str, Node] = {}
     try:
         for spec in specs:
             nodes[spec.name] = open_node(spec, config.uuid)
-        yield _Cluster(config, specs, nodes, copies)
+        subject = maintaincli.Subject(
+            name=config.name,
+            specs=specs,
+            nodes=nodes,
+            copies=int(config.config.get("copies") or len(specs)),
+            command=COMMAND,
+            known=lambda: locationlog.known_keys(),
+            logged=lambda: locationlog.keys_in(config.uuid),
+        )
+        return maintaincli.run(args.command, args, subject)
     finally:
         for node in nodes.values():
             node.close()
-
-
-def _emit(args: Any, data: dict[str, Any]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2))
-
-
-# -- rebalance and repair ---------------------------------------------------------
-
-
-def _rebalance(args: Any, c: _Cluster) -> int:
-    inv = c.inventory()
-    if inv.unlisted:
-        which = "; ".join(f"node {n}: {why}" for n, why in inv.unlisted.items())
-        raise ClusterError(
-            f"cannot rebalance {c.name}: not every node could be listed ({which}). Bring it "
-            f"back, or run 'git-annex-remote-cluster repair {c.name}' to copy its keys "
-            "elsewhere first"
-        )
-    plan = make_plan(c.specs, c.copies, inv)
-    apply = args.apply and not args.dry_run
-    return _report_and_apply(args, c, inv, plan, "rebalance", apply)
-
-
-def _repair(args: Any, c: _Cluster) -> int:
-    inv = c.inventory()
-    plan = make_plan(c.specs, c.copies, inv, repair_only=True, unusable=inv.unlisted)
-    return _report_and_apply(args, c, inv, plan, "repair", not args.dry_run)
-
-
-def _report_and_apply(
-    args: Any, c: _Cluster, inv: Inventory, plan: Plan, what: str, apply: bool
-) -> int:
-    out: dict[str, Any] = {
-        "remote": c.name,
-        "command": what,
-        "copies": c.copies,
-        "keys": plan.keys,
-        "unlisted": inv.unlisted,
-        "asked_key_by_key": inv.asked,
-        "plan": _plan_json(plan),
-        "applied": apply,
-    }
-    if not args.json:
-        _print_plan(c, inv, plan, what)
-    if not apply or not plan.moves:
-        if not args.json and plan.moves:
-            flag = " --apply" if what == "rebalance" else ""
-            print(f"nothing moved; run 'git-annex-remote-cluster {what} {c.name}{flag}' to do it")
-        _emit(args, out)
-        return 0 if not plan.short else 1
-    progress = Progress(what, len(plan.moves), plan.bytes_to_copy)
-    mover = Mover(c.nodes, c.copies, progress)
-    results, finished = mover.run(plan.moves, jobs=args.jobs)
-    progress.finish()
-    summary = _summarise(results)
-    out["result"] = {**summary, "finished": finished}
-    left = {s.name: n for s in c.specs if s.state is NodeState.DRAIN if (n := _left_on(c, s))}
-    out["result"]["left_on_draining_nodes"] = left
-    if not args.json:
-        _print_result(c, plan, summary, finished, left, what)
-    _emit(args, out)
-    if not finished:
-        return 130
-    return 1 if summary["failed"] or plan.short else 0
-
-
-def _left_on(c: _Cluster, spec: NodeSpec) -> int:
-    """Keys still on a draining node after the run (asked again, not assumed)."""
-    try:
-        return sum(1 for _ in c.nodes[spec.name].list_keys(lambda: locationlog.known_keys()))
-    except ClusterError:
-        return 0
-
-
-def _plan_json(plan: Plan) -> dict[str, Any]:
-    return {
-        "keys_to_move": len(plan.moves),
-        "copies_to_add": plan.copies_to_add,
-        "bytes_to_copy": plan.bytes_to_copy,
-        "copies_to_remove": plan.copies_to_remove,
-        "keys_short_of_copies": len(plan.short),
-        "nodes": {name: asdict(t) for name, t in plan.nodes.items()},
-    }
-
-
-def _print_plan(c: _Cluster, inv: Inventory, plan: Plan, what: str) -> None:
-    for name, why in inv.unlisted.items():
-        print(f"node {name} could not be listed: {why}")
-    for name in inv.asked:
-        print(f"node {name} cannot list its keys: each known key was asked for instead")
-    rows = [("NODE", "STATE", "KEYS", "+KEYS", "+BYTES", "-KEYS", "-BYTES", "KEYS AFTER")]
-    for spec in c.specs:
-        t = plan.nodes[spec.name]
-        listed = spec.name not in inv.unlisted
-        rows.append(
-            (
-                spec.name,
-                spec.state.value if listed else "unlisted",
-                str(t.held) if listed else "?",
-                str(t.keys_in),
-                human_size(t.bytes_in),
-                str(t.keys_out),
-                human_size(t.bytes_out),
-                str(t.held_after) if listed else "?",
-            )
-        )
-    table(rows)
-    print(
-        f"{what} {c.name}: {plan.keys} keys, copies={c.copies}; {len(plan.moves)} to move: "
-        f"{plan.copies_to_add} copies to add ({human_size(plan.bytes_to_copy)}), "
-        f"{plan.copies_to_remove} to remove"
-    )
-    for spec in c.specs:
-        left = plan.nodes[spec.name].held_after
-        if spec.state is NodeState.DRAIN and left and spec.name not in inv.unlisted:
-            print(
-                f"node {spec.name} (drain) will still hold {left} key(s): the other nodes "
-                f"cannot take copies={c.copies} copies of them (add nodes, or lower copies)"
-            )
-    if plan.short:
-        print(f"{len(plan.short)} key(s) will stay short of copies={c.copies}, e.g.:")
-        for key, why in list(plan.short.items())[:5]:
-            print(f"  {key}: {why}")
-
-
-def _summarise(results: list[MoveResult]) -> dict[str, Any]:
-    failed = {r.key: r.failed for r in results if r.failed}
-    kept = {r.key: r.kept for r in results if r.kept}
-    return {
-        "keys_done": len(results),
-        "copies_added": sum(len(r.added) for r in results),
-        "copies_removed": sum(len(r.removed) for r in results),
-        "failed": failed,
-        "kept": kept,
-    }
-
-
-def _print_result(
-    c: _Cluster,
-    plan: Plan,
-    summary: dict[str, Any],
-    finished: bool,
-    left: dict[str, int],
-    what: str,
-) -> None:
-    for key, failures in list(summary["failed"].items())[:20]:
-        for node, why in failures.items():
-            print(f"{key}: node {node}: {why}")
-    for key, kept in list(summary["kept"].items())[:20]:
-        for node, why in kept.items():
-            print(f"{key}: kept on {node}: {why}")
-    print(
-        f"{what} {c.name}: {summary['keys_done']} of {len(plan.moves)} keys done, "
-        f"{summary['copies_added']} copies added, {summary['copies_removed']} removed, "
-        f"{len(summary['failed'])} key(s) with failures"
-    )
-    for name, count in left.items():
-        print(f"node {name} (drain) still holds {count} key(s); run {what} again once it can")
-    if not finished:
-        print(
-            "interrupted: no copy was lost, and nothing half-written is visible; run the "
-            "same command again to continue",
-            file=sys.stderr,
-        )
-
-
-# -- fsck -------------------------------------------------------------------------
-
-
-def _sample(keys: list[str], spec: str | None, seed: int | None) -> list[str]:
-    if not spec:
-        return keys
-    try:
-        pct = spec.endswith("%")
-        count = round(len(keys) * float(spec[:-1]) / 100) if pct else int(spec)
-    except ValueError as e:
-        raise ConfigError(f"--sample {spec}: give a number of keys or a percentage (5%)") from e
-    if count < 0:
-        raise ConfigError(f"--sample {spec}: must not be negative")
-    return sorted(random.Random(seed).sample(keys, min(count, len(keys))))
-
-
-def _fsck(args: Any, c: _Cluster) -> int:
-    inv = c.inventory()
-    keys = _sample(sorted(inv.key_texts()), args.sample, args.seed)
-    pairs = [(k, n) for k in keys for n in inv.holders_of(k)]
-    total = sum((Key.parse(k).content_size or 0) for k, _ in pairs)
-    progress = Progress("fsck", len(pairs), total, unit="copies")
-
-    def check(pair: tuple[str, str]) -> CheckResult:
-        result = check_copy(Key.parse(pair[0]), c.nodes[pair[1]], progress)
-        progress.key_done()
-        return result
-
-    with ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="fsck") as pool:
-        results = list(pool.map(check, pairs))
-    progress.finish()
-    bad = [r for r in results if r.status != "ok"]
-    repaired: dict[str, dict[str, str]] = {}
-    if args.repair and bad:
-        repaired = _fsck_repair(c, results)
-    short = {
-        k: len(inv.holders_of(k)) for k in inv.key_texts() if len(inv.holders_of(k)) < c.copies
-    }
-    lost = _lost(c, inv)
-    counts = {s: sum(1 for r in results if r.status == s) for s in _STATUSES}
-    out = {
-        "remote": c.name,
-        "keys": len(keys),
-        "sampled": bool(args.sample),
-        "copies_checked": len(results),
-        "size_only": sum(1 for r in results if r.status == "ok" and not r.hash_checked),
-        "counts": counts,
-        "problems": [asdict(r) for r in bad],
-        "repaired": repaired,
-        "unlisted": inv.unlisted,
-        "short_of_copies": short,
-        "lost": lost,
-    }
-    if args.json:
-        _emit(args, out)
-    else:
-        for name, why in inv.unlisted.items():
-            print(f"node {name} could not be listed (not checked): {why}")
-        for r in bad:
-            fix = repaired.get(r.key, {}).get(r.node)
-            print(f"{r.key} on {r.node}: {r.status}: {r.detail}" + (f"; {fix}" if fix else ""))
-        for key, n in list(short.items())[:20]:
-            print(f"{key}: {n} of {c.copies} copies (run git-annex-remote-cluster repair {c.name})")
-        for key in lost[:20]:
-            print(
-                f"{key}: the git-annex branch says {c.name} has it, but no node does "
-                f"(git annex fsck --from {c.name} --fast corrects the branch)"
-            )
-        print(
-            f"fsck {c.name}: {len(keys)} keys, {len(results)} copies checked: "
-            + ", ".join(f"{n} {s}" for s, n in counts.items())
-            + (f" ({out['size_only']} by size only: no hash to check)" if out["size_only"] else "")
-        )
-    unresolved = [
-        r for r in bad if not repaired.get(r.key, {}).get(r.node, "").startswith("repaired")
-    ]
-    return 1 if unresolved or short or lost or inv.unlisted else 0
-
-
-_STATUSES = ("ok", "corrupt", "missing", "unreadable")
-
-
-def _fsck_repair(c: _Cluster, results: list[CheckResult]) -> dict[str, dict[str, str]]:
-    """Replace each bad copy with one copied (verified) from a good one: the bad copy
-    is removed first (it is no copy), so a failed replacement loses nothing good."""
-    good: dict[str, list[str]] = {}
-    for r in results:
-        if r.status == "ok":
-            good.setdefault(r.key, []).append(r.node)
-    states = {s.name: s.state for s in c.specs}
-    mover = Mover(c.nodes, c.copies)
-    out: dict[str, dict[str, str]] = {}
-    for r in results:
-        if r.status not in ("corrupt", "missing"):
-            continue
-        note = out.setdefault(r.key, {})
-        sources = good.get(r.key, [])
-        if not sources:
-            note[r.node] = "not repaired: no good copy on any node"
-            continue
-        if states[r.node] is NodeState.READONLY:
-            note[r.node] = "not repaired: the node is readonly"
-            continue
-        key = Key.parse(r.key)
-        try:
-            c.nodes[r.node].remove(key)
-            mover.copy(key, sources, r.node)
-            note[r.node] = f"repaired from {sources[0]}"
-        except ClusterError as e:
-            note[r.node] = f"repair failed: {' '.join(str(e).split())}"
-    return out
-
-
-def _lost(c: _Cluster, inv: Inventory) -> list[str]:
-    """Keys the branch says the remote has that no node holds; only when every node
-    was listed (otherwise they may be on the missing node)."""
-    if inv.unlisted:
-        return []
-    return sorted(str(k) for k in locationlog.keys_in(c.config.uuid) if str(k) not in inv.holders)

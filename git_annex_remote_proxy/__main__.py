@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 from git_annex_remote_proxy import __version__
-from shared import nodecli
+from shared import maintaincli, nodecli
 from shared.errors import ClusterError
 
 
@@ -21,9 +21,12 @@ def _protocol() -> int:
     return annexproto.run(ProxyRemote)
 
 
+PROG = "git-annex-remote-proxy"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="git-annex-remote-proxy",
+        prog=PROG,
         description="A git-annex remote reaching storage through one gateway, and the "
         "gateway itself. git-annex runs it with no arguments.",
     )
@@ -62,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("target")
     nodes = gsub.add_parser("nodes", help="register, change, list and retire a target's nodes")
     nodecli.add_parsers(nodes.add_subparsers(dest="nodes_action", required=True), "target")
+    maintaincli.add_parsers(gsub, "target")
     return p
 
 
@@ -88,11 +92,38 @@ def _gateway_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_maintain(args: argparse.Namespace) -> int:
+    """rebalance, repair and fsck of a target: the gateway has no git-annex repository,
+    so encrypted nodes cannot be listed there (their names are HMACs of keys)."""
+    from git_annex_remote_proxy.config import GatewayConfig
+    from shared.nodes import Node, open_node
+
+    target = GatewayConfig.load(args.config).target(args.target)
+    specs = target.specs()
+    nodes: dict[str, Node] = {}
+    try:
+        for spec in specs:
+            nodes[spec.name] = open_node(spec, target.uuid, trusted_source=False)
+        subject = maintaincli.Subject(
+            name=target.name,
+            specs=specs,
+            nodes=nodes,
+            copies=target.copies or len(specs),
+            command=f"{PROG} gateway" + (f" --config {args.config}" if args.config else ""),
+        )
+        return maintaincli.run(args.action, args, subject)
+    finally:
+        for node in nodes.values():
+            node.close()
+
+
 def _gateway(args: argparse.Namespace) -> int:
     from git_annex_remote_proxy.config import GatewayConfig
 
     if args.action == "nodes":
         return _gateway_nodes(args)
+    if args.action in ("rebalance", "repair", "fsck"):
+        return _gateway_maintain(args)
     if args.action == "add":
         config = GatewayConfig.load(args.config, missing_ok=True)
         target = config.add(args.target, args.nodes, args.copies, args.mincopies)

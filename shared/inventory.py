@@ -48,9 +48,10 @@ class Inventory:
 
 
 def take_inventory(
-    nodes: Sequence[Node], known: KnownKeys, listed: Listed | None = None
+    nodes: Sequence[Node], known: KnownKeys | None, listed: Listed | None = None
 ) -> Inventory:
-    """List every node in parallel; see the module's docstring."""
+    """List every node in parallel; see the module's docstring. Without ``known`` (no
+    repository), a node that cannot list is unlisted."""
     inv = Inventory([n.name for n in nodes])
     lock = threading.Lock()
 
@@ -73,6 +74,8 @@ def take_inventory(
             try:
                 add(bit, node.list_keys(known), node.name)
             except Unsupported:
+                if known is None:
+                    raise
                 _forget(inv, lock, bit)
                 with lock:
                     inv.asked.append(node.name)

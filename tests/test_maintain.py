@@ -4,6 +4,7 @@ command line as operators run it, and the safety rule checked at every removal."
 from __future__ import annotations
 
 import _thread
+import io
 import json
 import os
 import shutil
@@ -14,12 +15,16 @@ from pathlib import Path
 
 import pytest
 from conftest import VENV_BIN, Client, Repo, make_repo
+from node_conformance import make_key
 from sshd import SSHDFactory, ssh_config_for
 from test_e2e_file_cluster import init_cluster, objects_in
 
 from git_annex_remote_cluster import maintain
 from git_annex_remote_cluster.__main__ import main
+from git_annex_remote_proxy.config import GatewayConfig
+from shared.cluster import Cluster
 from shared.keys import Key
+from shared.nodes import open_node
 from shared.nodes.base import Layer, Node, Readable
 
 pytestmark = pytest.mark.timeout(600)
@@ -348,3 +353,46 @@ def test_rebalance_over_every_kind_of_node(
     assert cli_json(prepo, "fsck", "cl")["counts"]["ok"] == 2 * len(keys)
     prepo.annex("drop", ".")
     prepo.annex("get", ".")
+
+
+# -- a gateway's target ------------------------------------------------------------------
+
+
+def test_gateway_target_rebalance_and_fsck(tmp_path: Path) -> None:
+    """The same commands on a gateway's target, whose nodes only the gateway reaches.
+    There is no repository there, so an encrypted node cannot be listed: said, and
+    rebalance refuses rather than guess."""
+    config = tmp_path / "gw.toml"
+    node_dirs = [tmp_path / f"d{i}" for i in range(4)]
+    for d in node_dirs:
+        d.mkdir()
+    proxy = str(VENV_BIN / "git-annex-remote-proxy")
+
+    def gw(*args: str, rc: int = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [proxy, "gateway", "--config", str(config), *args], capture_output=True, text=True
+        )
+        assert proc.returncode == rc, proc.stdout + proc.stderr
+        return proc
+
+    gw("add", "t", *(f"n{i}={d.as_uri()}" for i, d in enumerate(node_dirs[:3])), "--copies", "2")
+    target = GatewayConfig.load(config).target("t")
+    cluster = Cluster([open_node(s) for s in target.specs()], copies=2)
+    for i in range(12):
+        data = os.urandom(500 + 100 * i)
+        cluster.store_stream(make_key(data), io.BytesIO(data), len(data))
+    cluster.close()
+    gw("nodes", "add", "t", "n3", node_dirs[3].as_uri())
+    out = gw("rebalance", "t").stdout
+    assert "git-annex-remote-proxy gateway --config" in out and "--apply" in out
+    done = json.loads(gw("rebalance", "t", "--apply", "--json").stdout)
+    assert done["result"]["copies_added"] > 0 and not done["result"]["failed"]
+    assert json.loads(gw("rebalance", "t", "--json").stdout)["plan"]["keys_to_move"] == 0
+    checked = json.loads(gw("fsck", "t", "--json").stdout)
+    assert checked["counts"]["ok"] == 24 and checked["lost"] == []
+
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    gw("nodes", "add", "t", "e", f"{enc.as_uri()}?encryption=shared")
+    refused = gw("rebalance", "t", rc=1)
+    assert "node e" in refused.stderr and "encrypted" in refused.stderr

@@ -7,12 +7,17 @@ run them in a clone that is up to date (``git annex sync`` or ``git annex merge`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from git_annex_remote_cluster.operators import ClusterConfig
 from shared import locationlog, maintaincli
 from shared.errors import ConfigError
+from shared.keys import Key
+from shared.maintaincli import Logged
 from shared.nodes import Node, open_node
+from shared.nodes.base import KnownKeys
+from shared.nodeurl import parse_size
 
 COMMAND = "git-annex-remote-cluster"
 
@@ -26,6 +31,20 @@ def run(args: Any) -> int:
     specs = config.open_specs()
     if not specs:
         raise ConfigError(f"remote {config.name} has no nodes")
+    sent = _as_sent(config.config)
+    known: KnownKeys | None = None
+    logged: Logged | None = None
+    if sent is not None:
+        as_sent = sent
+
+        def known() -> Iterator[Key]:
+            for key in locationlog.known_keys():
+                yield from as_sent(key)
+
+        def logged() -> Iterator[tuple[Key, list[Key]]]:
+            for key in locationlog.keys_in(config.uuid):
+                yield key, as_sent(key)
+
     nodes: dict[str, Node] = {}
     try:
         for spec in specs:
@@ -36,10 +55,38 @@ def run(args: Any) -> int:
             nodes=nodes,
             copies=int(config.config.get("copies") or len(specs)),
             command=COMMAND,
-            known=lambda: locationlog.known_keys(),
-            logged=lambda: locationlog.keys_in(config.uuid),
+            known=known,
+            logged=logged,
         )
         return maintaincli.run(args.command, args, subject)
     finally:
         for node in nodes.values():
             node.close()
+
+
+def _as_sent(config: dict[str, str]) -> Callable[[Key], list[Key]] | None:
+    """How git-annex hands a key to this remote: as its chunk keys when the remote
+    itself chunks (``chunk=``), under HMAC names when it encrypts with
+    ``encryption=shared``. None when that cannot be known (a cipher encrypted to gpg
+    keys, git-annex's old ``chunksize=``)."""
+    encryption = config.get("encryption", "none")
+    if encryption not in ("none", "shared") or "chunksize" in config:
+        return None
+    name: Callable[[Key], Key] = lambda k: k  # noqa: E731
+    if encryption == "shared":
+        from shared.crypto import Cipher
+
+        cipher = Cipher.from_config(config["cipher"], config.get("mac", "HMACSHA1"))
+        name = lambda k: Key.parse(cipher.encrypt_key(str(k)))  # noqa: E731
+    chunk = parse_size(config["chunk"]) if config.get("chunk", "0") != "0" else 0
+
+    def sent(key: Key) -> list[Key]:
+        if not chunk or key.size is None:
+            return [name(key)]
+        count = max(1, -(-key.size // chunk))
+        return [
+            name(Key(key.backend, key.name, key.size, key.mtime, chunk, n))
+            for n in range(1, count + 1)
+        ]
+
+    return sent

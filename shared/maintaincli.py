@@ -14,6 +14,7 @@ import argparse
 import json
 import random
 import sys
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -84,13 +85,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+Logged = Callable[[], Iterable[tuple[Key, list[Key]]]]
+
+
 @dataclass
 class Subject:
     """What the commands act on, as a program opened it.
 
     ``known``: the keys of the repository (encrypted nodes are listed by matching
     them), None where there is no repository (a gateway: such nodes stay unlisted).
-    ``logged``: the keys git-annex believes the subject holds, for fsck's lost keys.
+    ``logged``: the keys git-annex believes the subject holds, each with the keys it
+    was stored as (chunks, HMAC names), for fsck's lost keys.
     ``command``: how users run the commands (``git-annex-remote-cluster``)."""
 
     name: str
@@ -99,7 +104,7 @@ class Subject:
     copies: int
     command: str
     known: KnownKeys | None = None
-    logged: KnownKeys | None = None
+    logged: Logged | None = None
 
     def inventory(self) -> Inventory:
         def listed(name: str, count: int) -> None:
@@ -402,4 +407,8 @@ def _lost(c: Subject, inv: Inventory) -> list[str]:
     was listed (otherwise they may be on the missing node)."""
     if inv.unlisted or c.logged is None:
         return []
-    return sorted(str(k) for k in c.logged() if str(k) not in inv.holders)
+    return sorted(
+        str(key)
+        for key, stored in c.logged()
+        if stored and any(str(s) not in inv.holders for s in stored)
+    )

@@ -102,6 +102,29 @@ def test_add_a_node_then_rebalance(repo: Repo, dirs: dict[str, Path]) -> None:
     assert cli(repo, "fsck", "cl", check=False).returncode == 0
 
 
+def test_remote_level_encryption_and_chunking(prepo: Repo, dirs: dict[str, Path]) -> None:
+    """git-annex itself chunks and encrypts (the remote's encryption=shared chunk=):
+    nodes hold HMAC-named chunks, one node encrypts again. The keys are still found,
+    moved, checked, and a lost file is named by its own key."""
+    nodes = f"n1={dirs['n1'].as_uri()} n2={dirs['n2'].as_uri()}?encryption=shared"
+    init_cluster(prepo, nodes, "encryption=shared", "chunk=4KiB", "copies=1")
+    keys = populate(prepo, 10)
+    cli(prepo, "nodes", "add", "cl", "n3", dirs["n3"].as_uri())
+    plan = cli_json(prepo, "rebalance", "cl")
+    assert plan["unlisted"] == {} and plan["keys"] > len(keys)  # chunks
+    assert plan["plan"]["nodes"]["n2"]["held"] > 0
+    cli(prepo, "rebalance", "cl", "--apply")
+    assert objects_in(dirs["n3"])
+    assert cli_json(prepo, "fsck", "cl")["lost"] == []
+    for p in objects_in(dirs["n3"]):  # every chunk that moved to n3 is gone
+        p.parent.chmod(0o755)
+        shutil.rmtree(p.parent)
+    lost = cli_json(prepo, "fsck", "cl", rc=1)["lost"]
+    assert lost and set(lost) <= set(keys)
+    # git-annex agrees: it cannot drop its own copy of a lost file for want of another
+    assert prepo.annex("drop", ".", check=False).returncode != 0
+
+
 def test_drain_a_node_to_empty_then_remove_it(prepo: Repo, dirs: dict[str, Path]) -> None:
     init_cluster(prepo, [dirs["n1"], dirs["n2"], dirs["n3"]], "encryption=none", "copies=2")
     keys = populate(prepo)

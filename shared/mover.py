@@ -57,9 +57,11 @@ class _Pipe:
         for start in range(0, len(view), BLOCK):
             self._put(bytes(view[start : start + BLOCK]))
 
-    def _put(self, item: bytes | BaseException) -> None:
+    def _put(self, item: bytes | BaseException, final: bool = False) -> None:
         while True:
-            if self.done.is_set() or self.stop.is_set():
+            # Data stops when the operator stops; the final item (EOF or the error) is
+            # always delivered while the reader is there, or it would wait for ever.
+            if self.done.is_set() or (self.stop.is_set() and not final):
                 raise Stopped
             try:
                 self.q.put(item, timeout=0.2)
@@ -69,7 +71,7 @@ class _Pipe:
 
     def close(self, error: BaseException | None) -> None:
         with contextlib.suppress(Stopped):
-            self._put(error if error is not None else b"")
+            self._put(error if error is not None else b"", final=True)
 
     def abandon(self) -> None:
         self.done.set()

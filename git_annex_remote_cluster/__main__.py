@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         text = " ".join(str(e).split())
         print(f"git-annex-remote-cluster: {text}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("git-annex-remote-cluster: interrupted", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:

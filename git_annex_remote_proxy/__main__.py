@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"git-annex-remote-proxy: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("git-annex-remote-proxy: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """A real S3 endpoint on 127.0.0.1 for tests (a pytest plugin: ``pytest_plugins = ["s3server"]``).
 
-:class:`S3Server` runs ``moto_server`` (moto's S3, over HTTP, from the virtualenv that runs
-pytest) as a subprocess on a free loopback port, with its log in its own directory, and
+:class:`S3Server` runs ``moto_server`` (moto's S3, over HTTP, from the virtualenv that
+runs pytest; through ``moto_s3.py``, which fixes its routing of SigV2) as a
+subprocess on a free loopback port, with its log in its own directory, and
 stops it by the pid it started. Tests share one server per session (``s3_server``); the
 function-scoped ``s3`` fixture wipes its state first through moto's ``/moto-api/reset``,
 which is far cheaper than a restart.
@@ -31,6 +32,7 @@ What moto 5.2 does that an S3 client author should know (checked against this ve
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import subprocess
 import sys
 import time
@@ -43,7 +45,7 @@ from typing import Any
 import pytest
 from loopback import free_port, log_tail
 
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+MOTO_LAUNCHER = Path(__file__).resolve().parent / "moto_s3.py"  # moto_server, SigV2 fixed
 READY_TIMEOUT = 20.0
 REGION = "us-east-1"
 ACCESS_KEY = "testing-access-key"
@@ -114,8 +116,8 @@ class S3Server:
         """Start (or start again on the same port); return once it answers HTTP."""
         if self.alive():
             return
-        if not MOTO_SERVER.exists():
-            raise RuntimeError(f"{MOTO_SERVER} is missing: install the test extra (moto[server])")
+        if importlib.util.find_spec("moto.server") is None:
+            raise RuntimeError("moto is missing: install the test extra (moto[server])")
         fixed = self.port != 0
         for _ in range(1 if fixed else 5):
             if not fixed:
@@ -130,7 +132,7 @@ class S3Server:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             proc = subprocess.Popen(
-                [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, str(MOTO_LAUNCHER), "-H", "127.0.0.1", "-p", str(self.port)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

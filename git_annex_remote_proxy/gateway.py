@@ -28,12 +28,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from git_annex_remote_proxy.config import GatewayConfig, Target
-from shared.cluster import Cluster, RemoveFailed
+from shared.cluster import Cluster, RemoveFailed, StoreOutcome
 from shared.errors import ClusterError, ConfigError
-from shared.keys import Key
+from shared.keys import ContentVerifier, Key
 from shared.nodes import open_node
 from shared.nodes.annex import AnnexNode
-from shared.nodes.base import UNKNOWN_SIZE, Readable
+from shared.nodes.base import UNKNOWN_SIZE, Node, Readable
 from shared.nodes.retry import RetryingNode
 from shared.p2p.io import Mode, Server
 from shared.verify import VerifiedReader
@@ -52,6 +52,7 @@ class ClusterBackend:
     ) -> None:
         self.cluster, self.log, self.own_uuid = cluster, log, own_uuid
 
+        self._resume: tuple[Key, list[Node], int] | None = None  # from put_offset to store
         self.bypass(())  # even a client that sends no BYPASS must not start a cycle
 
     def bypass(self, uuids: tuple[str, ...]) -> None:
@@ -85,14 +86,35 @@ class ClusterBackend:
         return self.cluster.present(key)  # PresenceUnknown: the server answers ERROR
 
     def put_offset(self, key: Key) -> int:
-        return 0  # node temps are not resumable yet: uploads start over
+        """Where an upload of ``key`` continues: the least that the nodes it goes to
+        kept of an interrupted one (their temps survive the connection). Only for keys
+        whose hash the gateway checks (the kept bytes are checked with the rest) and
+        when every one of those nodes can resume; 0 otherwise."""
+        self._resume = None
+        size = key.content_size
+        if size is None or not ContentVerifier(key).checks_hash:
+            return 0
+        wave = self.cluster.resumable_wave(key, size)
+        if wave is None:
+            return 0
+        offset = min(min(n.partial(key) for n in wave), size)
+        self._resume = (key, wave, offset)
+        _debug(f"put {key} to {','.join(n.name for n in wave)}: continuing at byte {offset}")
+        return offset
 
     def store(
         self, key: Key, offset: int, length: int, data: Readable, valid: Callable[[], bool]
     ) -> tuple[str, ...]:
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == key and resume[2] == offset:
+            outcome = self.cluster.store_resuming(key, data, offset + length, offset, resume[1])
+            return self._report(key, outcome)
         if offset:
             raise ClusterError(f"cannot resume an upload at {offset}")
         outcome = self.cluster.store_stream(key, VerifiedReader(data, key, length, valid), length)
+        return self._report(key, outcome)
+
+    def _report(self, key: Key, outcome: StoreOutcome) -> tuple[str, ...]:
         if outcome.failed:
             self.log(f"store {key}: {outcome.describe_failures()}")
         return self._uuids(outcome.stored + outcome.already)

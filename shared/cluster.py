@@ -24,6 +24,7 @@ from shared.keys import Key
 from shared.nodes.base import UNKNOWN_SIZE, CountingSink, Node, Readable, Usage, Writable
 from shared.nodeurl import DEFAULT_RESERVE
 from shared.placement import rendezvous_order, spread_over_zones
+from shared.verify import VerifiedReader
 
 Progress = Callable[[int], None]
 USAGE_TTL = 5.0  # seconds a node's free space is trusted before it is asked again
@@ -252,6 +253,13 @@ class Cluster:
         wrote: dict[str, bool] = {}
         results = self._fan_out(source, wave, wrote, progress or (lambda _n: None), key, size)
         self._judge(key, wave, wrote, results, outcome, 0)
+        return self._settle(outcome, size, order, full)
+
+    def _settle(
+        self, outcome: StoreOutcome, size: int, order: list[Node], full: dict[str, str]
+    ) -> StoreOutcome:
+        """Count what was stored; StoreFailed, naming every node passed over, when fewer
+        than mincopies hold the key."""
         self._count_stored(outcome.stored, size)
         if outcome.copies < self.mincopies:
             for n in self.nodes:
@@ -263,6 +271,36 @@ class Cluster:
                 outcome.failed.setdefault(name, why)
             raise StoreFailed(outcome, self.mincopies)
         return outcome
+
+    # -- resumable uploads (a gateway's) --------------------------------------
+
+    def resumable_wave(self, key: Key, size: int) -> list[Node] | None:
+        """The nodes ``store_stream`` would send ``key`` to, when every one of them can
+        resume an interrupted store; None otherwise."""
+        wave = list(islice(self._with_room(self.store_order(key), size, {}), self.copies))
+        return wave if wave and all(n.resumable for n in wave) else None
+
+    def store_resuming(
+        self, key: Key, source: Readable, size: int, offset: int, wave: list[Node]
+    ) -> StoreOutcome:
+        """``store_stream`` to ``wave``, each node continuing its kept bytes from
+        ``offset`` (``source`` starts there), and keeping what it wrote if the source
+        fails. Each node's copy, its kept bytes and the stream together, is checked
+        against the key before it commits: kept bytes may come from anyone's upload."""
+        outcome = StoreOutcome()
+        wrote: dict[str, bool] = {}
+
+        def consumer(node: Node) -> Callable[[QueueReader], None]:
+            def store(reader: QueueReader) -> None:
+                checked = VerifiedReader(reader, key, size - offset)
+                update = checked.verifier.update
+                wrote[node.name] = node.store_from(key, checked, size, offset, update)
+
+            return store
+
+        results = fan_out(source, {n.name: consumer(n) for n in wave}, None, self._store_pool)
+        self._judge(key, wave, wrote, results, outcome, 0)
+        return self._settle(outcome, size, self.store_order(key), {})
 
     def _store_wave(
         self,

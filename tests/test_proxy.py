@@ -190,6 +190,75 @@ def test_a_corrupted_upload_is_refused_and_leaves_nothing(
     client.close()
 
 
+class CutOff:
+    """The client's data, failing (as its connection would) after ``limit`` bytes."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        self.data, self.limit, self.pos = data, limit, 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self.pos >= self.limit:
+            raise ConnectionError("the client's connection dropped")
+        n = min(n if n >= 0 else len(self.data), self.limit - self.pos)
+        block = self.data[self.pos : self.pos + n]
+        self.pos += len(block)
+        return block
+
+
+def interrupted_upload(config: Path, key: Key, data: bytes, limit: int) -> None:
+    """PUT, send ``limit`` bytes of the DATA, and go away."""
+    stream = Pipes([PROXY, "serve", "--config", str(config), "archive"])
+    client = P2PClient(stream)
+    client.handshake()
+    with pytest.raises(ConnectionError):
+        client.put(key, CutOff(data, limit), len(data))
+    stream.close()  # EOF mid-DATA: the gateway sees the connection end
+
+
+def test_an_interrupted_upload_continues_where_it_stopped(
+    gateway: tuple[Path, list[Path]],
+) -> None:
+    """PUT-FROM with the offset the nodes kept, and the kept bytes checked with the rest."""
+    config, nodes = gateway
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    key = key_for(data)
+    interrupted_upload(config, key, data, 4 * 1024 * 1024)
+    kept = [p.stat().st_size for n in nodes for p in leftovers(n)]
+    assert len(kept) == 2 and all(0 < k <= 4 * 1024 * 1024 for k in kept), kept
+    assert not any(objects(n) for n in nodes)
+    client = session(config, "archive")
+    reported: list[int] = []
+    assert client.put(key, io.BytesIO(data), len(data), progress=reported.append).stored
+    assert reported[0] == min(kept)  # the first progress report is the offset it resumed at
+    assert all(p.read_bytes() == data for n in nodes for p in objects(n))
+    assert not any(leftovers(n) for n in nodes)
+    client.close()
+
+
+def test_kept_bytes_that_do_not_match_are_never_committed(
+    gateway: tuple[Path, list[Path]],
+) -> None:
+    """Kept bytes come from anyone's upload: a node whose kept bytes are wrong refuses
+    the whole (its temp is dropped); the other node commits. The key is then short of
+    copies=2, which the gateway's repair command puts right."""
+    config, nodes = gateway
+    data = os.urandom(3 * 1024 * 1024)
+    key = key_for(data)
+    interrupted_upload(config, key, data, 2 * 1024 * 1024)
+    (bad,) = leftovers(nodes[0])
+    raw = bytearray(bad.read_bytes())
+    raw[10] ^= 1
+    bad.write_bytes(bytes(raw))
+    client = session(config, "archive")
+    with pytest.raises(PeerRefused):  # copies=2: one node is not enough
+        client.put(key, io.BytesIO(data), len(data))
+    assert not objects(nodes[0]) and not leftovers(nodes[0])
+    assert [p.read_bytes() for p in objects(nodes[1])] == [data]
+    client.close()
+    proxy_cli("repair", "archive", config=config)
+    assert [p.read_bytes() for p in objects(nodes[0])] == [data]
+
+
 def test_get_of_an_absent_key_is_invalid(gateway: tuple[Path, list[Path]]) -> None:
     config, _ = gateway
     client = session(config, "archive")
@@ -525,6 +594,46 @@ def test_gateway_restart_mid_download_resumes(tmp_path: Path, repo: Repo, gw_hos
     repo.annex("fsck", "big.bin")
     offsets = [int(w.split()[-1]) for w in log.read_text().splitlines() if "from byte" in w]
     assert offsets[0] == 0 and offsets[-1] > 0, offsets  # resumed, not restarted
+
+
+def test_gateway_restart_mid_upload_resumes(tmp_path: Path, repo: Repo, gw_host: str) -> None:
+    """git-annex's copy through the proxy, the gateway killed half-way: the next copy
+    continues from what the node kept (PUT-FROM with a real offset)."""
+    config, log = tmp_path / "gw.toml", tmp_path / "gateway.log"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proxy_cli("add", "disk", f"d=file://{disk}", config=config)
+    wrapper = tmp_path / "serve.sh"
+    wrapper.write_text(
+        f'#!/bin/sh\nGIT_ANNEX_REMOTE_PROXY_DEBUG=1 exec {PROXY} serve --config {config} "$@" '
+        f"2>>{log}\n"
+    )
+    wrapper.chmod(0o755)
+    repo.annex(
+        "initremote", "gw", "type=external", "externaltype=proxy", "encryption=none",
+        "gateway=ssh://gw", "target=disk", f"gatewaycommand={wrapper}",
+    )  # fmt: skip
+    add_file(repo, "big.bin", 150 * 1024 * 1024)
+    copy = subprocess.Popen(
+        ["git", "annex", "copy", "--to", "gw", "big.bin"],
+        cwd=repo.path,
+        env=repo.client.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not [p for p in leftovers(disk) if p.stat().st_size > 20 * 1024 * 1024]:
+        assert time.monotonic() < deadline and copy.poll() is None, "the upload did not start"
+        time.sleep(0.01)
+    subprocess.run(["pkill", "-KILL", "-f", f"serve --config {config}"], check=False)
+    copy.communicate(timeout=300)
+    if copy.returncode != 0:  # the remote may or may not try again by itself
+        repo.annex("copy", "--to", "gw", "big.bin")
+    repo.annex("fsck", "--from", "gw", "big.bin")
+    offsets = [int(w.split()[-1]) for w in log.read_text().splitlines() if "continuing at" in w]
+    assert offsets[0] == 0 and max(offsets) > 20 * 1024 * 1024, offsets
+    assert not leftovers(disk)
 
 
 def test_success_plus_names_the_repository_nodes(tmp_path: Path, pypi_client: Client) -> None:

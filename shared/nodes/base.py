@@ -147,6 +147,29 @@ class Node(ABC):
     @abstractmethod
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None: ...
 
+    #: ``partial`` and ``store_from`` work: a store interrupted half-way can continue
+    resumable = False
+
+    def partial(self, key: Key) -> int:
+        """Bytes kept from an interrupted ``store_from`` of ``key``; 0 when none."""
+        return 0
+
+    def store_from(
+        self,
+        key: Key,
+        source: Readable,
+        size: int,
+        offset: int,
+        prefix: Callable[[bytes], None],
+    ) -> bool:
+        """``store``, continuing what an interrupted ``store_from`` kept: the kept bytes
+        are cut to ``offset``, handed to ``prefix`` (the caller hashes them: they are
+        checked with the rest), and ``source`` gives the bytes from ``offset`` on. When
+        ``source`` fails, what was written is kept for the next attempt, unless the
+        failure is an ``IntegrityError`` (wrong content), which discards it. Callers that
+        may not trust the kept bytes must check the whole through ``prefix``."""
+        raise Unsupported("this kind of node cannot resume a store", self.name)
+
     @abstractmethod
     def remove(self, key: Key) -> None: ...
 

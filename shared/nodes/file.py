@@ -10,15 +10,18 @@ atomic step the directory remote takes; the object is then made read-only.
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from shared.errors import (
     ConfigError,
+    IntegrityError,
     NoSpace,
     NotFound,
     PermissionDenied,
@@ -27,7 +30,7 @@ from shared.errors import (
 )
 from shared.keys import Key
 from shared.nodes.base import BLOCK, CHEAP_COST, Node, Readable, Usage, Writable, copy_exact
-from shared.nodes.tmpnames import is_stale, new_tmp_name
+from shared.nodes.tmpnames import RESUME_PREFIX, is_stale, new_tmp_name
 from shared.nodeurl import NodeSpec
 
 
@@ -115,22 +118,82 @@ class FileNode(Node):
                 out.flush()
                 os.fsync(out.fileno())
             os.chmod(tmpdir / name, 0o444)
-            final = self.root / key.hashdirlower / name
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(tmpdir, final)
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                # Another writer got there first; its object is complete (it was renamed in whole).
-                if self._find(key) is None:
-                    raise
-            else:
-                _fsync_dir(final.parent)
+            self._commit(key, tmpdir)
         except OSError as e:
             raise from_oserror(e, self.name, f"storing {key} in {self.root}") from e
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
+        return True
+
+    def _commit(self, key: Key, tmpdir: Path) -> None:
+        """Rename the finished temp directory into place: the object appears whole."""
+        final = self.root / key.hashdirlower / key.file_name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmpdir, final)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # Another writer got there first; its object is complete (it was renamed in whole).
+            if self._find(key) is None:
+                raise
+        else:
+            _fsync_dir(final.parent)
+
+    # -- resumable stores (a gateway's uploads) ------------------------------
+
+    resumable = True
+
+    def _resume_dir(self, key: Key) -> Path:
+        """One per key, not per process: the next attempt, from any process, finds it."""
+        digest = hashlib.md5(str(key).encode("utf-8", "surrogateescape")).hexdigest()
+        return self.root / "tmp" / f"{RESUME_PREFIX}{digest}"
+
+    def partial(self, key: Key) -> int:
+        try:
+            return os.stat(self._resume_dir(key) / key.file_name).st_size
+        except OSError:
+            return 0
+
+    def store_from(
+        self, key: Key, source: Readable, size: int, offset: int, prefix: Callable[[bytes], None]
+    ) -> bool:
+        if self._find(key) is not None:
+            return False
+        self._clean_stale_tmp()
+        tmpdir = self._resume_dir(key)
+        name = key.file_name
+        done = False
+        try:
+            tmpdir.mkdir(parents=True, exist_ok=True)
+            with open(os.open(tmpdir / name, os.O_RDWR | os.O_CREAT, 0o644), "r+b") as out:
+                try:
+                    fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise Unavailable(f"another upload of {key} is writing it", self.name) from None
+                kept = os.fstat(out.fileno()).st_size
+                if kept < offset:
+                    raise IntegrityError(f"{kept} bytes kept of {key}, not {offset}", self.name)
+                out.truncate(offset)
+                while out.tell() < offset and (block := out.read(min(BLOCK, offset - out.tell()))):
+                    prefix(block)
+                try:
+                    copy_exact(source, out, size - offset, key, self.name)
+                finally:
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.chmod(tmpdir / name, 0o444)
+            self._commit(key, tmpdir)
+            done = True
+        except OSError as e:
+            raise from_oserror(e, self.name, f"storing {key} in {self.root}") from e
+        except BaseException as e:
+            if _wrong_content(e):
+                done = True  # nothing worth keeping
+            raise
+        finally:
+            if done:
+                shutil.rmtree(tmpdir, ignore_errors=True)
         return True
 
     counts_bytes = True
@@ -205,7 +268,11 @@ class FileNode(Node):
         except OSError:
             return
         for entry in entries:
-            if is_stale(entry.name):
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if is_stale(entry.name, mtime):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
     def usage(self) -> Usage | None:
@@ -214,6 +281,19 @@ class FileNode(Node):
         except OSError:
             return None
         return Usage(free=st.f_bavail * st.f_frsize, total=st.f_blocks * st.f_frsize)
+
+
+def _wrong_content(exc: BaseException) -> bool:
+    """Whether a failure says the content was wrong (then a kept partial is worthless),
+    as opposed to the source going away (then it is worth keeping)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, IntegrityError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -106,6 +106,24 @@ class RetryingNode(Layer):
                 self._mark_down(e)
             raise
 
+    @property
+    def resumable(self) -> bool:  # type: ignore[override]
+        return self.inner.resumable
+
+    def partial(self, key: Key) -> int:
+        return self._call(lambda: self.inner.partial(key))
+
+    def store_from(
+        self, key: Key, source: Readable, size: int, offset: int, prefix: Callable[[bytes], None]
+    ) -> bool:
+        self._guard()
+        try:
+            return self.inner.store_from(key, source, size, offset, prefix)
+        except Exception as e:
+            if is_transient(e):
+                self._mark_down(e)
+            raise
+
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         counting = CountingSink(sink)
         self._call(lambda: self.inner.retrieve(key, counting, offset + counting.count))

@@ -12,16 +12,24 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 
 PREFIX = f"cluster-{socket.gethostname().replace('-', '_')}-"
+# Resumable stores (a gateway's uploads) keep a temp per key until it is completed,
+# or until it is older than RESUME_KEEP seconds.
+RESUME_PREFIX = "resume-"
+RESUME_KEEP = 7 * 24 * 3600
 
 
 def new_tmp_name() -> str:
     return f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
 
 
-def is_stale(entry: str) -> bool:
-    """True for a temp entry of this host whose writer process no longer runs."""
+def is_stale(entry: str, mtime: float | None = None) -> bool:
+    """True for a temp entry of this host whose writer process no longer runs, or for
+    a resumable store's temp not touched for ``RESUME_KEEP`` (``mtime`` given)."""
+    if entry.startswith(RESUME_PREFIX):
+        return mtime is not None and time.time() - mtime > RESUME_KEEP
     if not entry.startswith(PREFIX):
         return False
     pid_text = entry.removeprefix(PREFIX).split("-", 1)[0]

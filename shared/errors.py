@@ -72,3 +72,16 @@ def from_oserror(exc: OSError, node: str, what: str) -> NodeError:
     if exc.errno == errno.ENOENT:
         return NotFound(detail, node)
     return Unavailable(detail, node)
+
+
+def wrong_content(exc: BaseException) -> bool:
+    """Whether a failure says the content was wrong (then a kept partial is worthless),
+    as opposed to the source going away (then it is worth keeping)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, IntegrityError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -256,15 +256,17 @@ class SFTPSession(paramiko.SFTPClient):
                 return
             yield data
 
-    def write_stream(self, handle: bytes, blocks: Iterator[bytes], request: int, depth: int) -> int:
-        """Write ``blocks`` from offset 0 with at most ``depth`` requests unanswered.
+    def write_stream(
+        self, handle: bytes, blocks: Iterator[bytes], request: int, depth: int, start: int = 0
+    ) -> int:
+        """Write ``blocks`` from offset ``start`` with at most ``depth`` requests unanswered.
 
         Returns the bytes written once the server has acknowledged every write; the
         first failed write raises (after the others in flight are settled), so the
         caller never commits a file with a hole in it.
         """
         pending: deque[int] = deque()
-        pos = 0
+        pos = start
         try:
             for block in blocks:
                 for at in range(0, len(block), request):
@@ -287,7 +289,7 @@ class SFTPSession(paramiko.SFTPClient):
             for num in pending:  # after a failure: keep the replies from landing in the mailbox
                 with contextlib.suppress(OSError, EOFError):
                     self._read_response(num)
-        return pos
+        return pos - start
 
     def _adjust_cwd(self, path: str | bytes) -> bytes:
         """Key file names may hold non-UTF-8 bytes (surrogate-escaped str): send them as is."""

@@ -440,3 +440,56 @@ class NodeConformance:
         listing = node.list_keys(lambda: iter([*whole, *odd, gone, never]))
         assert not isinstance(listing, (list, set, tuple))  # streamed
         assert sorted(map(str, listing)) == sorted(map(str, [*whole, *odd]))
+
+
+class FailsAfter:
+    """A source that raises ``exc`` after ``after`` bytes."""
+
+    def __init__(self, data: bytes, after: int, exc: BaseException) -> None:
+        self.src, self.after, self.exc = io.BytesIO(data), after, exc
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self.src.tell() >= self.after:
+            raise self.exc
+        left = self.after - self.src.tell()
+        return self.src.read(left if n < 0 else min(n, left))
+
+
+class ResumableConformance:
+    """``partial`` and ``store_from`` (nodes that are ``resumable``): mix into the
+    backend's test class next to :class:`NodeConformance`."""
+
+    def assert_clean(self, node: Node) -> None:
+        raise NotImplementedError  # NodeConformance's
+
+    def test_is_resumable(self, node: Node) -> None:
+        assert node.resumable
+
+    def test_store_from_keeps_what_it_wrote_and_continues(self, node: Node) -> None:
+        data = payload(3_000_000)
+        key = make_key(data)
+        with pytest.raises(SourceFailed):
+            node.store_from(
+                key, FailsAfter(data, 1_234_567, SourceFailed("gone")), len(data), 0, print
+            )
+        assert node.partial(key) == 1_234_567 and node.present(key) is None
+        prefix = bytearray()
+        rest = io.BytesIO(data[1_000_000:])
+        assert node.store_from(key, rest, len(data), 1_000_000, prefix.extend)
+        assert bytes(prefix) == data[:1_000_000]  # the kept bytes, cut to the offset
+        assert fetch(node, key) == data and node.partial(key) == 0
+        assert node.store_from(key, UnreadableSource(), len(data), 0, print) is False
+        self.assert_clean(node)
+
+    def test_store_from_drops_kept_bytes_on_wrong_content(self, node: Node) -> None:
+        data = payload(100_000)
+        key = make_key(data)
+        with pytest.raises(IntegrityError):
+            node.store_from(
+                key, FailsAfter(data, 50_000, IntegrityError("bad")), len(data), 0, print
+            )
+        assert node.partial(key) == 0 and node.present(key) is None
+        with pytest.raises(IntegrityError):  # a source longer than the size
+            node.store_from(key, io.BytesIO(data + b"x"), len(data), 0, print)
+        assert node.partial(key) == 0 and node.present(key) is None
+        self.assert_clean(node)

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from node_conformance import (
     BreakingSource,
+    FailsAfter,
     NodeConformance,
     NodeFactory,
+    ResumableConformance,
     UnreadableSource,
     fetch,
     make_key,
@@ -47,7 +49,7 @@ def place_raw(path: Path, data: bytes) -> None:
     path.parent.chmod(0o555)
 
 
-class TestFileNodeConformance(NodeConformance):
+class TestFileNodeConformance(NodeConformance, ResumableConformance):
     @pytest.fixture
     def make_node(self, tmp_path: Path) -> NodeFactory:
         root = tmp_path / "node"
@@ -421,46 +423,12 @@ def test_chunked_listing_needs_every_chunk(tmp_path: Path) -> None:
 # -- resumable stores (a gateway's uploads) -----------------------------------------
 
 
-class _Fails:
-    def __init__(self, data: bytes, after: int, exc: BaseException) -> None:
-        self.src, self.after, self.exc = io.BytesIO(data), after, exc
-
-    def read(self, n: int = -1, /) -> bytes:
-        if self.src.tell() >= self.after:
-            raise self.exc
-        return self.src.read(min(n, self.after - self.src.tell()))
-
-
-def test_store_from_keeps_what_it_wrote_and_continues(tmp_path: Path) -> None:
-    node = file_node(tmp_path)
-    data = payload(3_000_000)
-    key = make_key(data)
-    with pytest.raises(SourceFailed):
-        node.store_from(key, _Fails(data, 1_234_567, SourceFailed("gone")), len(data), 0, print)
-    assert node.partial(key) == 1_234_567 and node.present(key) is None
-    prefix = bytearray()
-    rest = io.BytesIO(data[1_000_000:])
-    assert node.store_from(key, rest, len(data), 1_000_000, prefix.extend)
-    assert bytes(prefix) == data[:1_000_000]  # kept bytes, cut to the offset, for the hash
-    assert fetch(node, key) == data and node.partial(key) == 0
-    assert tmp_entries(tmp_path) == []
-
-
-def test_store_from_drops_kept_bytes_on_wrong_content(tmp_path: Path) -> None:
-    node = file_node(tmp_path)
-    data = payload(100_000)
-    key = make_key(data)
-    with pytest.raises(IntegrityError):
-        node.store_from(key, _Fails(data, 50_000, IntegrityError("bad hash")), len(data), 0, print)
-    assert node.partial(key) == 0 and tmp_entries(tmp_path) == []
-
-
 def test_old_resumable_temps_are_cleaned(tmp_path: Path) -> None:
     node = file_node(tmp_path)
     data = payload(1000)
     key = make_key(data)
     with pytest.raises(SourceFailed):
-        node.store_from(key, _Fails(data, 500, SourceFailed("gone")), len(data), 0, print)
+        node.store_from(key, FailsAfter(data, 500, SourceFailed("gone")), len(data), 0, print)
     (kept,) = (tmp_path / "tmp").iterdir()
     week_ago = time.time() - 8 * 24 * 3600
     os.utime(kept, (week_ago, week_ago))

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from node_conformance import NodeConformance, NodeFactory, make_key, payload
+from node_conformance import NodeConformance, NodeFactory, ResumableConformance, make_key, payload
 from sshd import SSHDFactory, ssh_config_for
 
 import shared.nodes.sftp as sftp_module
@@ -38,7 +38,7 @@ def sftp_node(pool: SSHPool, root: Path, name: str = "s") -> SFTPNode:
     return SFTPNode(parse_node(f"{name}=sftp://nodehost{root}"), pool=pool)
 
 
-class TestSFTPNodeConformance(NodeConformance):
+class TestSFTPNodeConformance(NodeConformance, ResumableConformance):
     """Downloads through an exec channel (used for long reads where the host allows it);
     the threshold is lowered so that every download here takes that path."""
 

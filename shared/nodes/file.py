@@ -27,6 +27,7 @@ from shared.errors import (
     PermissionDenied,
     Unavailable,
     from_oserror,
+    wrong_content,
 )
 from shared.keys import Key
 from shared.nodes.base import BLOCK, CHEAP_COST, Node, Readable, Usage, Writable, copy_exact
@@ -188,7 +189,7 @@ class FileNode(Node):
         except OSError as e:
             raise from_oserror(e, self.name, f"storing {key} in {self.root}") from e
         except BaseException as e:
-            if _wrong_content(e):
+            if wrong_content(e):
                 done = True  # nothing worth keeping
             raise
         finally:
@@ -281,19 +282,6 @@ class FileNode(Node):
         except OSError:
             return None
         return Usage(free=st.f_bavail * st.f_frsize, total=st.f_blocks * st.f_frsize)
-
-
-def _wrong_content(exc: BaseException) -> bool:
-    """Whether a failure says the content was wrong (then a kept partial is worthless),
-    as opposed to the source going away (then it is worth keeping)."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, IntegrityError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _fsync_dir(path: Path) -> None:

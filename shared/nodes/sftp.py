@@ -11,9 +11,10 @@ reconnects), and the retry wrapper decides.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -28,10 +29,11 @@ from shared.errors import (
     PermissionDenied,
     Unavailable,
     from_oserror,
+    wrong_content,
 )
 from shared.keys import Key
 from shared.nodes.base import BLOCK, EXPENSIVE_COST, Node, Readable, Usage, Writable
-from shared.nodes.tmpnames import is_stale, new_tmp_name
+from shared.nodes.tmpnames import RESUME_PREFIX, is_stale, new_tmp_name
 from shared.nodeurl import NodeSpec
 from shared.ssh import (
     SFTPSession,
@@ -232,6 +234,73 @@ class SFTPNode(Node):
                     _discard(sftp, tmpdir, name)
         return True
 
+    # -- resumable stores (a gateway's uploads) ------------------------------
+
+    resumable = True
+
+    def _resume_dir(self, key: Key) -> str:
+        """One per key, not per process (see file:// nodes). SFTP has no locks: two
+        uploads of one key at once spoil each other's bytes, which the caller's check
+        of the whole catches (the temp is then dropped and the upload fails)."""
+        digest = hashlib.md5(str(key).encode("utf-8", "surrogateescape")).hexdigest()
+        return self._path("tmp", f"{RESUME_PREFIX}{digest}")
+
+    def partial(self, key: Key) -> int:
+        path = posixpath.join(self._resume_dir(key), key.file_name)
+        with self._sftp(f"looking for a kept upload of {key}") as sftp:
+            reply = sftp.batch([_stat(sftp, path)])[0]
+        return 0 if isinstance(reply, OSError) else _attrs(reply).st_size or 0
+
+    def store_from(
+        self, key: Key, source: Readable, size: int, offset: int, prefix: Callable[[bytes], None]
+    ) -> bool:
+        name = key.file_name
+        final = self._path(key.hashdirlower, name)
+        hashdirs = (posixpath.dirname(posixpath.dirname(final)), posixpath.dirname(final))
+        tmpdir = self._resume_dir(key)
+        path = posixpath.join(tmpdir, name)
+        with self._sftp(f"storing {key}") as sftp:
+            self._clean_stale_tmp(sftp)
+            if self._find(sftp, key) is not None:
+                return False
+            sftp.batch([_mkdir(sftp, self._path("tmp")), _mkdir(sftp, tmpdir)])
+            discard = False
+            try:
+                try:
+                    f = sftp.open(path, "r+b")
+                except FileNotFoundError:
+                    f = sftp.open(path, "w+b")
+                with f:
+                    handle = cast(bytes, f.handle)
+                    kept = f.stat().st_size or 0
+                    if kept < offset:
+                        raise IntegrityError(f"{kept} bytes kept of {key}, not {offset}", self.name)
+                    f.truncate(offset)
+                    for data in sftp.read_stream(handle, 0, offset, READ_REQUEST, READ_DEPTH):
+                        prefix(data)
+                    written = sftp.write_stream(
+                        handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH, start=offset
+                    )
+                    if offset + written != size:
+                        raise IntegrityError(
+                            f"received {offset + written} bytes for {key}, expected {size}",
+                            self.name,
+                        )
+                    sftp.batch([_fsync_request(handle)])
+                sftp.chmod(path, 0o444)
+                sftp.batch([_mkdir(sftp, d) for d in hashdirs])
+                try:
+                    sftp.rename(tmpdir, final)
+                except OSError:
+                    self._rename_into_place(sftp, key, tmpdir, final, hashdirs)
+            except BaseException as e:
+                discard = wrong_content(e)
+                raise
+            finally:
+                if discard:
+                    _discard(sftp, tmpdir, name)
+        return True
+
     def _rename_into_place(
         self, sftp: SFTPSession, key: Key, tmpdir: str, final: str, hashdirs: tuple[str, str]
     ) -> None:
@@ -351,12 +420,12 @@ class SFTPNode(Node):
             return
         self._tmp_checked = True
         try:
-            entries = sftp.listdir(self._path("tmp"))
+            entries = sftp.listdir_attr(self._path("tmp"))
         except OSError:
             return
         for entry in entries:
-            if is_stale(entry):
-                _rmtree(sftp, self._path("tmp", entry))
+            if is_stale(entry.filename, entry.st_mtime):
+                _rmtree(sftp, self._path("tmp", entry.filename))
 
 
 def _is_utf8(text: str) -> bool:

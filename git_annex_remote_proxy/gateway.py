@@ -18,6 +18,8 @@ visible; nothing holds the object on the gateway beyond each node's own temp.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import posixpath
 import queue
@@ -44,13 +46,25 @@ BLOCK = 1024 * 1024
 # -- the backend: a cluster behind the P2P server ------------------------------------
 
 
+class _Busy(Exception):
+    """A content lock is held the other way by another session."""
+
+
 class ClusterBackend:
     """``shared.p2p.io.Backend`` over a cluster (a single-node target is a cluster of one)."""
 
     def __init__(
-        self, cluster: Cluster, log: Callable[[str], None], own_uuid: str | None = None
+        self,
+        cluster: Cluster,
+        log: Callable[[str], None],
+        own_uuid: str | None = None,
+        lock_dir: Path | None = None,
     ) -> None:
+        """``lock_dir``: where the gateway's sessions share content locks (LOCKCONTENT);
+        None: no locks (LOCKCONTENT fails, as before a directory could be made)."""
         self.cluster, self.log, self.own_uuid = cluster, log, own_uuid
+        self.lock_dir = lock_dir
+        self._locks: dict[Key, int] = {}  # key -> fd holding its shared lock
 
         self._resume: tuple[Key, list[Node], int] | None = None  # from put_offset to store
         self.bypass(())  # even a client that sends no BYPASS must not start a cycle
@@ -191,17 +205,55 @@ class ClusterBackend:
     def remove(self, key: Key) -> tuple[bool, tuple[str, ...]]:
         everyone = [n.name for n in self.cluster.nodes]
         try:
+            fd = self._lock_fd(key, fcntl.LOCK_EX)
+        except _Busy:
+            self.log(f"not removing {key}: another client holds it locked (LOCKCONTENT)")
+            return False, ()
+        try:
             self.cluster.remove(key)
         except RemoveFailed as e:  # FAILURE(-PLUS): removed from the others only
             self.log(str(e))
             return False, self._uuids([n for n in everyone if n not in e.failed])
+        finally:
+            if fd is not None:
+                os.close(fd)
         return True, self._uuids(everyone)
 
     def lock(self, key: Key) -> bool:
-        return False  # no locks across the nodes yet: git-annex then does not rely on one
+        """A shared lock on the key's lock file in ``lock_dir``, which every session of
+        this gateway takes exclusively before it removes the key: while any client
+        holds it, the key is not removed through this gateway (its process ending, for
+        a lost connection, releases it). Then the key must be present."""
+        try:
+            fd = self._lock_fd(key, fcntl.LOCK_SH)
+        except _Busy:  # being removed right now
+            return False
+        if fd is None:
+            return False
+        if not self.cluster.present(key):
+            os.close(fd)
+            return False
+        self._locks[key] = fd
+        return True
 
     def unlock(self, key: Key) -> None:
-        pass
+        fd = self._locks.pop(key, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _lock_fd(self, key: Key, how: int) -> int | None:
+        """An fd holding ``how`` on the key's lock file, None when there is no lock
+        directory; ``_Busy`` when another session holds it the other way."""
+        if self.lock_dir is None:
+            return None
+        name = hashlib.md5(str(key).encode("utf-8", "surrogateescape")).hexdigest()
+        fd = os.open(self.lock_dir / name, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _Busy from None
+        return fd
 
 
 # -- the command ---------------------------------------------------------------------
@@ -303,7 +355,7 @@ def serve(
     else:
         target = config.target(request[0])
     _check_allowed(target, allow)
-    return _serve_target(target, client_uuid, _mode(readonly, appendonly))
+    return _serve_target(target, client_uuid, _mode(readonly, appendonly), config.path)
 
 
 def _check_allowed(target: Target, allow: Sequence[str]) -> None:
@@ -311,13 +363,25 @@ def _check_allowed(target: Target, allow: Sequence[str]) -> None:
         raise ConfigError(f"target {target.name} is not allowed for this key")
 
 
-def _serve_target(target: Target, client_uuid: str | None, mode: str) -> int:
+def _lock_dir(config_path: Path, target: Target) -> Path | None:
+    """``locks/<target uuid>/`` beside the configuration file: shared by every session
+    of this gateway. None (no content locks) when it cannot be made."""
+    where = config_path.parent / "locks" / target.uuid
+    try:
+        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        _log(f"no content locks: cannot make {where}: {e.strerror}")
+        return None
+    return where
+
+
+def _serve_target(target: Target, client_uuid: str | None, mode: str, config_path: Path) -> int:
     specs = target.specs()
     # Uploads are verified only at their end: never resume over chunks an earlier,
     # unverified upload left (see shared.nodes.chunked).
     nodes = [open_node(s, target.uuid, trusted_source=False) for s in specs]
     cluster = Cluster(nodes, copies=target.copies, mincopies=target.mincopies, log=_debug)
-    backend = ClusterBackend(cluster, _log, target.uuid)
+    backend = ClusterBackend(cluster, _log, target.uuid, _lock_dir(config_path, target))
     stream = _Stdio()
     try:
         Server(stream, backend, target.uuid, mode, log=_log).serve()

@@ -259,6 +259,36 @@ def test_kept_bytes_that_do_not_match_are_never_committed(
     assert [p.read_bytes() for p in objects(nodes[0])] == [data]
 
 
+def test_lockcontent_keeps_other_sessions_from_removing(
+    gateway: tuple[Path, list[Path]],
+) -> None:
+    """A client's drop proof: while one session holds LOCKCONTENT, no session of this
+    gateway removes the key; a lost connection (the process ends) releases it."""
+    config, nodes = gateway
+    data = b"locked content"
+    key = key_for(data)
+    holder = session(config, "archive")
+    assert holder.lockcontent(key) is False  # not there: nothing to lock
+    assert holder.put(key, io.BytesIO(data), len(data)).stored
+    assert holder.lockcontent(key) is True
+    other = session(config, "archive")
+    assert other.lockcontent(key) is True  # shared: another drop proof may lock it too
+    other.unlockcontent()
+    assert other.remove(key)[0] is False
+    assert all(objects(n) for n in nodes)
+    holder.unlockcontent()
+    holder.close()
+    assert other.remove(key)[0] is True
+    assert not any(objects(n) for n in nodes)
+    assert other.put(key, io.BytesIO(data), len(data)).stored
+    gone = session(config, "archive")
+    assert gone.lockcontent(key) is True
+    gone.stream.proc.kill()  # type: ignore[attr-defined]
+    gone.stream.proc.wait()  # type: ignore[attr-defined]
+    assert other.remove(key)[0] is True
+    other.close()
+
+
 def test_get_of_an_absent_key_is_invalid(gateway: tuple[Path, list[Path]]) -> None:
     config, _ = gateway
     client = session(config, "archive")

@@ -39,8 +39,8 @@ def sftp_node(pool: SSHPool, root: Path, name: str = "s") -> SFTPNode:
 
 
 class TestSFTPNodeConformance(NodeConformance, ResumableConformance):
-    """Downloads through an exec channel (used for long reads where the host allows it);
-    the threshold is lowered so that every download here takes that path."""
+    """Downloads and uploads through an exec channel (used for long transfers where the
+    host allows it); the threshold is lowered so that every transfer here takes that path."""
 
     @pytest.fixture
     def make_node(

@@ -4,9 +4,12 @@ Same layout as ``file://`` nodes (git-annex's directory special remote), over
 one SFTP session of the process-wide ssh connection to the host. Uploads are
 pipelined and written under ``tmp/``, fsynced where the server offers
 ``fsync@openssh.com``, then the temp directory is renamed into place. Downloads
-read ahead a bounded window. The node never retries: it reports a lost
-connection as ``Unavailable`` (after dropping the connection, so the next call
-reconnects), and the retry wrapper decides.
+read ahead a bounded window. Long transfers (``EXEC_MIN``) go through an exec
+channel (``cat``, ``tail -c``) where the account has a shell: far less CPU in
+paramiko than SFTP requests; the temp, its size check and the rename stay SFTP's.
+The node never retries: it reports a lost connection as ``Unavailable`` (after
+dropping the connection, so the next call reconnects), and the retry wrapper
+decides.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ READ_DEPTH = 64  # SFTP read requests in flight: about 2 MiB ahead, the memory b
 EXEC_READ = 1024 * 1024
 EXEC_MIN = 32 * 1024 * 1024  # reads this long go through an exec channel where allowed
 _PROBE = "git-annex-remote-cluster exec probe"
+_STORE_SCRIPT = 'cat > "$1" && { sync -- "$1" 2>/dev/null || :; }'  # $1: the temp file
 
 # Extended requests paramiko has no method for (OpenSSH protocol extensions).
 _CMD_EXTENDED = paramiko.sftp.CMD_EXTENDED
@@ -191,6 +195,10 @@ class SFTPNode(Node):
         with self._sftp(f"storing {key}") as sftp:
             self._clean_stale_tmp(sftp)
             tmpdir = self._path("tmp", new_tmp_name())
+            temp = posixpath.join(tmpdir, name)
+            # Long uploads stream through an exec channel where the host allows it (as
+            # long downloads do): about a third less CPU here than SFTP writes.
+            by_exec = size >= EXEC_MIN and _is_utf8(temp) and self._exec_usable()
             # Is it there already; make the directories this store needs; open the temp
             # file. The server runs them in order; "exists" answers are expected.
             present, _, made_tmp, *_, opened = sftp.batch(
@@ -199,10 +207,10 @@ class SFTPNode(Node):
                     _mkdir(sftp, self._path("tmp")),
                     _mkdir(sftp, tmpdir),
                     *(_mkdir(sftp, d) for d in hashdirs),
-                    _open_new(sftp, posixpath.join(tmpdir, name)),
+                    _stat(sftp, tmpdir) if by_exec else _open_new(sftp, temp),
                 ]
             )
-            handle = _handle(opened)
+            handle = None if by_exec else _handle(opened)
             try:
                 if not isinstance(present, OSError) and stat.S_ISREG(_attrs(present).st_mode or 0):
                     return False  # already there (idempotent store); the source is left unread
@@ -210,18 +218,21 @@ class SFTPNode(Node):
                     raise self._root_problem(sftp.batch([_stat(sftp, self.root)])[0]) or made_tmp
                 if isinstance(opened, OSError):
                     raise opened
-                assert handle is not None
-                written = sftp.write_stream(handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH)
-                if written != size:
-                    raise IntegrityError(
-                        f"received {written} bytes for {key}, expected {size}", self.name
-                    )
-                # A server without fsync@openssh.com refuses it; the rename still keeps
-                # partial data invisible. A failed close (data not written) is fatal.
-                _, closed = sftp.batch([_fsync_request(handle), _close(handle)])
-                handle = None
-                if isinstance(closed, OSError):
-                    raise closed
+                if by_exec:
+                    self._store_exec(sftp, key, temp, source, size)
+                else:
+                    assert handle is not None
+                    written = sftp.write_stream(handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH)
+                    if written != size:
+                        raise IntegrityError(
+                            f"received {written} bytes for {key}, expected {size}", self.name
+                        )
+                    # A server without fsync@openssh.com refuses it; the rename still keeps
+                    # partial data invisible. A failed close (data not written) is fatal.
+                    _, closed = sftp.batch([_fsync_request(handle), _close(handle)])
+                    handle = None
+                    if isinstance(closed, OSError):
+                        raise closed
                 try:
                     sftp.rename(tmpdir, final)
                 except OSError:
@@ -233,6 +244,44 @@ class SFTPNode(Node):
                 if tmpdir:
                     _discard(sftp, tmpdir, name)
         return True
+
+    def _store_exec(
+        self, sftp: SFTPSession, key: Key, temp: str, source: Readable, size: int
+    ) -> None:
+        """Write ``temp`` with ``cat`` (then ``sync`` it, best effort, as fsync@openssh.com
+        is); the size is checked through SFTP before the caller renames it into place."""
+        conn = self.pool.connection(self.target)
+        chan = conn.exec(["sh", "-c", _STORE_SCRIPT, "sh", temp])
+        try:
+            written = 0
+            while block := source.read(BLOCK):
+                written += len(block)
+                if written > size:
+                    break
+                chan.sendall(block)
+            if written != size:
+                raise IntegrityError(
+                    f"received {written} bytes or more for {key}, expected {size}", self.name
+                )
+            chan.shutdown_write()
+            status = chan.recv_exit_status()
+            err = b""
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(4096)
+        finally:
+            chan.close()
+        if status != 0:
+            text = " ".join(err.decode(errors="replace").split())[-300:]
+            raise Unavailable(
+                f"writing {temp} on {self.target}: exit status {status} ({text or 'no message'})",
+                self.name,
+            )
+        reply = sftp.batch([_stat(sftp, temp)])[0]
+        if isinstance(reply, OSError):
+            raise reply
+        got = _attrs(reply).st_size
+        if got != size:
+            raise Unavailable(f"{temp} on {self.target} has {got} bytes, not {size}", self.name)
 
     # -- resumable stores (a gateway's uploads) ------------------------------
 

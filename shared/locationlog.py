@@ -147,7 +147,9 @@ def keys_in(uuid: str, cwd: Path | None = None) -> Iterator[Key]:
                 proc.stdin.write(blob.encode() + b"\n")
                 proc.stdin.flush()
                 header = proc.stdout.readline().split()
-                size = int(header[2]) if len(header) == 3 else 0
+                if len(header) != 3:  # "<id> missing": no content follows
+                    continue
+                size = int(header[2])
                 text = proc.stdout.read(size + 1)[:size].decode(errors="replace")
             if uuid in present_uuids(text):
                 yield key

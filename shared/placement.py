@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 
 class Placeable(Protocol):
@@ -24,21 +24,42 @@ class Placeable(Protocol):
 N = TypeVar("N", bound="Placeable")
 
 
-def score(key: str, node: str, weight: float) -> float:
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _score(data: bytes, weight: float) -> float:
+    """``data`` is the node name, a NUL and the key, encoded."""
     if weight <= 0:
         return 0.0
-    digest = hashlib.blake2b(f"{node}\0{key}".encode("utf-8", "surrogateescape"), digest_size=8)
-    u = (int.from_bytes(digest.digest(), "big") + 0.5) / 2.0**64
-    return -weight / math.log(u)
+    digest = hashlib.blake2b(data, digest_size=8).digest()
+    return -weight / math.log((int.from_bytes(digest, "big") + 0.5) / 2.0**64)
+
+
+def score(key: str, node: str, weight: float) -> float:
+    return _score(_encode(f"{node}\0{key}"), weight)
 
 
 def rendezvous_order(key: str, nodes: Sequence[N], weights: Sequence[float]) -> list[N]:
     """Nodes in the key's preference order; ties (equal scores) broken by name for determinism."""
-    scored = sorted(
-        zip(nodes, weights, strict=True),
-        key=lambda nw: (-score(key, nw[0].name, nw[1]), nw[0].name),
-    )
-    return [n for n, _ in scored]
+    return Ranker(nodes, weights).order(key)
+
+
+class Ranker(Generic[N]):
+    """``rendezvous_order`` over a fixed node list, prepared once for many keys (the
+    simulator places millions)."""
+
+    def __init__(self, nodes: Sequence[N], weights: Sequence[float]) -> None:
+        self._nodes = [
+            (_encode(f"{n.name}\0"), w, n.name, n) for n, w in zip(nodes, weights, strict=True)
+        ]
+
+    def order(self, key: str) -> list[N]:
+        k = _encode(key)
+        scored = sorted(
+            (-_score(p + k, w), name, i) for i, (p, w, name, _) in enumerate(self._nodes)
+        )
+        return [self._nodes[i][3] for _, _, i in scored]
 
 
 class Zoned(Placeable, Protocol):

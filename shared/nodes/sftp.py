@@ -57,6 +57,7 @@ EXEC_READ = 1024 * 1024
 EXEC_MIN = 32 * 1024 * 1024  # reads this long go through an exec channel where allowed
 _PROBE = "git-annex-remote-cluster exec probe"
 _STORE_SCRIPT = 'cat > "$1" && { sync -- "$1" 2>/dev/null || :; }'  # $1: the temp file
+_APPEND_SCRIPT = 'cat >> "$1" && { sync -- "$1" 2>/dev/null || :; }'
 
 # Extended requests paramiko has no method for (OpenSSH protocol extensions).
 _CMD_EXTENDED = paramiko.sftp.CMD_EXTENDED
@@ -246,19 +247,29 @@ class SFTPNode(Node):
         return True
 
     def _store_exec(
-        self, sftp: SFTPSession, key: Key, temp: str, source: Readable, size: int
+        self, sftp: SFTPSession, key: Key, temp: str, source: Readable, size: int, offset: int = 0
     ) -> None:
-        """Write ``temp`` with ``cat`` (then ``sync`` it, best effort, as fsync@openssh.com
-        is); the size is checked through SFTP before the caller renames it into place."""
+        """Write ``temp`` with ``cat`` (appending after ``offset`` kept bytes; then
+        ``sync`` it, best effort, as fsync@openssh.com is); the size is checked through
+        SFTP before the caller renames it into place."""
         conn = self.pool.connection(self.target)
-        chan = conn.exec(["sh", "-c", _STORE_SCRIPT, "sh", temp])
+        script = _APPEND_SCRIPT if offset else _STORE_SCRIPT
+        chan = conn.exec(["sh", "-c", script, "sh", temp])
         try:
-            written = 0
-            while block := source.read(BLOCK):
-                written += len(block)
-                if written > size:
-                    break
-                chan.sendall(block)
+            written = offset
+            try:
+                while block := source.read(BLOCK):
+                    written += len(block)
+                    if written > size:
+                        break
+                    chan.sendall(block)
+            except BaseException:
+                # The source failed: let cat write what it was sent (a resumable store
+                # keeps it) before the error goes up.
+                with suppress(Exception):
+                    chan.shutdown_write()
+                    chan.status_event.wait(30)
+                raise
             if written != size:
                 raise IntegrityError(
                     f"received {written} bytes or more for {key}, expected {size}", self.name
@@ -327,15 +338,19 @@ class SFTPNode(Node):
                     f.truncate(offset)
                     for data in sftp.read_stream(handle, 0, offset, READ_REQUEST, READ_DEPTH):
                         prefix(data)
-                    written = sftp.write_stream(
-                        handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH, start=offset
-                    )
-                    if offset + written != size:
-                        raise IntegrityError(
-                            f"received {offset + written} bytes for {key}, expected {size}",
-                            self.name,
+                    by_exec = size - offset >= EXEC_MIN and _is_utf8(path) and self._exec_usable()
+                    if not by_exec:
+                        written = sftp.write_stream(
+                            handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH, start=offset
                         )
-                    sftp.batch([_fsync_request(handle)])
+                        if offset + written != size:
+                            raise IntegrityError(
+                                f"received {offset + written} bytes for {key}, expected {size}",
+                                self.name,
+                            )
+                        sftp.batch([_fsync_request(handle)])
+                if by_exec:  # appended to what was kept, as the store's own long uploads
+                    self._store_exec(sftp, key, path, source, size, offset)
                 sftp.chmod(path, 0o444)
                 sftp.batch([_mkdir(sftp, d) for d in hashdirs])
                 try:

@@ -586,12 +586,14 @@ def test_nested_gateways_listing_each_other_do_not_loop(
         repo.annex("get", f"{n}.bin", timeout=120)
 
 
-def test_gateway_restart_mid_download_resumes(tmp_path: Path, repo: Repo, gw_host: str) -> None:
+def logged_gateway(tmp_path: Path, repo: Repo) -> tuple[Path, Path, Path]:
+    """A proxy remote "gw" to a gateway whose target "disk" is one file:// node, the
+    gateway's debug log going to a file: (config, log, node directory)."""
     config, log = tmp_path / "gw.toml", tmp_path / "gateway.log"
     disk = tmp_path / "disk"
     disk.mkdir()
     proxy_cli("add", "disk", f"d=file://{disk}", config=config)
-    wrapper = tmp_path / "serve.sh"  # the gateway's debug log goes to a file
+    wrapper = tmp_path / "serve.sh"
     wrapper.write_text(
         f'#!/bin/sh\nGIT_ANNEX_REMOTE_PROXY_DEBUG=1 exec {PROXY} serve --config {config} "$@" '
         f"2>>{log}\n"
@@ -601,6 +603,11 @@ def test_gateway_restart_mid_download_resumes(tmp_path: Path, repo: Repo, gw_hos
         "initremote", "gw", "type=external", "externaltype=proxy", "encryption=none",
         "gateway=ssh://gw", "target=disk", f"gatewaycommand={wrapper}",
     )  # fmt: skip
+    return config, log, disk
+
+
+def test_gateway_restart_mid_download_resumes(tmp_path: Path, repo: Repo, gw_host: str) -> None:
+    config, log, _disk = logged_gateway(tmp_path, repo)
     key = add_file(repo, "big.bin", 200 * 1024 * 1024)
     repo.annex("copy", "--to", "gw", "big.bin")
     repo.annex("drop", "big.bin")
@@ -632,20 +639,7 @@ def test_gateway_restart_mid_upload_resumes(tmp_path: Path, repo: Repo, gw_host:
     continues from what the node kept (PUT-FROM with a real offset). The resume is the
     gateway's; how either git-annex drives the proxy remote is covered by the download
     case, so one client is enough here."""
-    config, log = tmp_path / "gw.toml", tmp_path / "gateway.log"
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    proxy_cli("add", "disk", f"d=file://{disk}", config=config)
-    wrapper = tmp_path / "serve.sh"
-    wrapper.write_text(
-        f'#!/bin/sh\nGIT_ANNEX_REMOTE_PROXY_DEBUG=1 exec {PROXY} serve --config {config} "$@" '
-        f"2>>{log}\n"
-    )
-    wrapper.chmod(0o755)
-    repo.annex(
-        "initremote", "gw", "type=external", "externaltype=proxy", "encryption=none",
-        "gateway=ssh://gw", "target=disk", f"gatewaycommand={wrapper}",
-    )  # fmt: skip
+    config, log, disk = logged_gateway(tmp_path, repo)
     add_file(repo, "big.bin", 150 * 1024 * 1024)
     copy = subprocess.Popen(
         ["git", "annex", "copy", "--to", "gw", "big.bin"],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import shutil
 import stat
@@ -31,7 +30,7 @@ from shared.errors import (
 )
 from shared.keys import Key
 from shared.nodes.base import BLOCK, CHEAP_COST, Node, Readable, Usage, Writable, copy_exact
-from shared.nodes.tmpnames import RESUME_PREFIX, is_stale, new_tmp_name
+from shared.nodes.tmpnames import is_stale, new_tmp_name, resume_name
 from shared.nodeurl import NodeSpec
 
 
@@ -147,8 +146,7 @@ class FileNode(Node):
 
     def _resume_dir(self, key: Key) -> Path:
         """One per key, not per process: the next attempt, from any process, finds it."""
-        digest = hashlib.md5(str(key).encode("utf-8", "surrogateescape")).hexdigest()
-        return self.root / "tmp" / f"{RESUME_PREFIX}{digest}"
+        return self.root / "tmp" / resume_name(str(key))
 
     def partial(self, key: Key) -> int:
         try:

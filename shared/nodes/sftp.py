@@ -14,7 +14,6 @@ decides.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import stat
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from shared.errors import (
 )
 from shared.keys import Key
 from shared.nodes.base import BLOCK, EXPENSIVE_COST, Node, Readable, Usage, Writable
-from shared.nodes.tmpnames import RESUME_PREFIX, is_stale, new_tmp_name
+from shared.nodes.tmpnames import is_stale, new_tmp_name, resume_name
 from shared.nodeurl import NodeSpec
 from shared.ssh import (
     SFTPSession,
@@ -302,8 +301,7 @@ class SFTPNode(Node):
         """One per key, not per process (see file:// nodes). SFTP has no locks: two
         uploads of one key at once spoil each other's bytes, which the caller's check
         of the whole catches (the temp is then dropped and the upload fails)."""
-        digest = hashlib.md5(str(key).encode("utf-8", "surrogateescape")).hexdigest()
-        return self._path("tmp", f"{RESUME_PREFIX}{digest}")
+        return self._path("tmp", resume_name(str(key)))
 
     def partial(self, key: Key) -> int:
         path = posixpath.join(self._resume_dir(key), key.file_name)

@@ -9,6 +9,7 @@ filesystem) are never judged from here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
@@ -23,6 +24,13 @@ RESUME_KEEP = 7 * 24 * 3600
 
 def new_tmp_name() -> str:
     return f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def resume_name(key: str) -> str:
+    """The temp entry of a resumable store of ``key``: one per key, not per process,
+    so that the next attempt, from any process, finds it."""
+    digest = hashlib.md5(key.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{RESUME_PREFIX}{digest}"
 
 
 def is_stale(entry: str, mtime: float | None = None) -> bool:

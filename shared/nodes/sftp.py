@@ -222,17 +222,28 @@ class SFTPNode(Node):
                     self._store_exec(sftp, key, temp, source, size)
                 else:
                     assert handle is not None
-                    written = sftp.write_stream(handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH)
+                    if size <= WRITE_REQUEST:  # small: write, fsync, close in one round trip
+                        data = _read_at_most(source, size + 1)
+                        writes = [(paramiko.sftp.CMD_WRITE, (handle, paramiko.sftp.int64(0), data))]
+                        written = len(data)
+                    else:
+                        written = sftp.write_stream(
+                            handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH
+                        )
+                        writes = []
                     if written != size:
                         raise IntegrityError(
                             f"received {written} bytes for {key}, expected {size}", self.name
                         )
                     # A server without fsync@openssh.com refuses it; the rename still keeps
-                    # partial data invisible. A failed close (data not written) is fatal.
-                    _, closed = sftp.batch([_fsync_request(handle), _close(handle)])
+                    # partial data invisible. A failed write or close is fatal.
+                    *wrote, _, closed = sftp.batch(
+                        [*writes, _fsync_request(handle), _close(handle)]
+                    )
                     handle = None
-                    if isinstance(closed, OSError):
-                        raise closed
+                    for reply in (*wrote, closed):
+                        if isinstance(reply, OSError):
+                            raise reply
                 try:
                     sftp.rename(tmpdir, final)
                 except OSError:
@@ -537,6 +548,15 @@ def _handle(reply: Any) -> bytes | None:
 def _blocks(source: Readable) -> Iterator[bytes]:
     while block := source.read(BLOCK):
         yield block
+
+
+def _read_at_most(source: Readable, limit: int) -> bytes:
+    """What ``source`` holds, up to ``limit`` bytes."""
+    parts, got = [], 0
+    while got < limit and (block := source.read(limit - got)):
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
 
 
 def _attrs(reply: Any) -> paramiko.SFTPAttributes:

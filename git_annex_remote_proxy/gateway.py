@@ -41,6 +41,7 @@ from shared.p2p.io import Mode, Server
 from shared.verify import VerifiedReader
 
 BLOCK = 1024 * 1024
+PIPE_SIZE = 1024 * 1024  # Linux's default /proc/sys/fs/pipe-max-size
 
 
 # -- the backend: a cluster behind the P2P server ------------------------------------
@@ -267,6 +268,9 @@ class _Stdio:
         self.out = os.dup(1)
         os.dup2(2, 1)
         sys.stdout = sys.stderr
+        for fd in (0, self.out):  # bigger pipes: fewer, larger reads and writes for sshd and us
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
     def recv(self, n: int, /) -> bytes:
         return os.read(0, n)

@@ -574,6 +574,30 @@ def test_any_split_of_a_get_reply_gives_the_same_conversation(
     p.both(State.GET_ACK)
 
 
+@settings(deadline=None, max_examples=100, derandomize=True)
+@given(st.binary(min_size=1, max_size=2000), st.lists(st.integers(0, 2100), max_size=20))
+def test_pieces_fed_before_events_are_read(payload: bytes, cuts: list[int]) -> None:
+    wire = b"DATA %d\n" % len(payload) + payload + b"VALID\n"
+    p = put_ready()
+    bounds = sorted({min(c, len(wire)) for c in cuts} | {0, len(wire)})
+    for a, b in itertools.pairwise(bounds):
+        p.server.receive_data(wire[a:b])  # no event read in between
+    got = events(p.server)
+    assert got[0] == m.Data(len(payload))
+    assert b"".join(e.data for e in got if isinstance(e, DataChunk)) == payload
+    assert got[-1] == m.Valid()
+
+
+def test_a_piece_inside_a_payload_is_passed_on_without_a_copy() -> None:
+    piece = bytes(range(256)) * 256
+    p = put_ready()
+    p.server.receive_data(p.client.send(m.Data(3 * len(piece))))
+    assert events(p.server) == [m.Data(3 * len(piece))]
+    p.server.receive_data(piece)
+    (chunk,) = events(p.server)
+    assert isinstance(chunk, DataChunk) and chunk.data is piece
+
+
 def test_100_mib_payload_in_1_mib_pieces_stays_bounded() -> None:
     piece = bytes(range(256)) * 4096  # 1 MiB
     count = 100

@@ -195,6 +195,7 @@ class Connection:
         self.state = State.AUTH
         self._proposed = 0  # the VERSION the client asked for
         self._buf = bytearray()
+        self._whole: bytes | None = None  # payload bytes received as they came: no copy
         self._eof = False
         self._in_payload = 0  # bytes of the peer's DATA still to come
         self._out_payload = 0  # bytes of our DATA still to send
@@ -287,12 +288,26 @@ class Connection:
         """Bytes from the peer; ``b""`` means the peer closed its side."""
         if not data:
             self._eof = True
+        elif not self._buf and self._whole is None and len(data) <= self._in_payload:
+            self._whole = data  # the usual case in a big DATA: handed on as it is
         else:
+            if self._whole is not None:
+                self._buf += self._whole
+                self._whole = None
             self._buf += data
+
+    def _payload_chunk(self, chunk: bytes) -> DataChunk:
+        self._in_payload -= len(chunk)
+        if not self._in_payload:
+            self.state = self._after_payload
+        return DataChunk(chunk, last=not self._in_payload)
 
     def next_event(self) -> Event:
         """The next complete event, or NEED_DATA."""
         if self._in_payload:
+            if self._whole is not None:
+                chunk, self._whole = self._whole, None
+                return self._payload_chunk(chunk)
             if not self._buf:
                 if self._eof:
                     self.state = State.CLOSED
@@ -301,12 +316,9 @@ class Connection:
                     )
                 return NEED_DATA
             n = min(self._in_payload, len(self._buf))
-            chunk = bytes(self._buf[:n])
+            chunk = bytes(memoryview(self._buf)[:n])
             del self._buf[:n]
-            self._in_payload -= n
-            if not self._in_payload:
-                self.state = self._after_payload
-            return DataChunk(chunk, last=not self._in_payload)
+            return self._payload_chunk(chunk)
         nl = self._buf.find(b"\n")
         if nl < 0:
             if len(self._buf) > MAX_LINE:

@@ -384,6 +384,8 @@ class _Payload:
             if not isinstance(ev, DataChunk):
                 raise ConnectionLost("the client stopped sending in the middle of DATA")
             self.left -= len(ev.data)
+            if n < 0 or len(ev.data) <= n:
+                return ev.data  # the whole chunk: no copy
             self.pending += ev.data
         size = len(self.pending) if n < 0 else min(n, len(self.pending))
         out = bytes(self.pending[:size])

@@ -18,7 +18,7 @@ import pytest
 from sshd import SSHD, SSHDFactory, ssh_config_for
 
 from shared.errors import PermissionDenied, Unavailable, is_transient
-from shared.ssh import HostKeyError, SSHPool, SSHTarget, is_connection_error
+from shared.ssh import HostKeyError, SSHPool, SSHTarget, is_connection_error, send_all
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -465,3 +465,32 @@ def test_is_connection_error() -> None:
     ]
     assert all(is_connection_error(e) for e in yes)
     assert not any(is_connection_error(e) for e in no)
+
+
+class _SmallWindowChannel:
+    """Takes at most ``limit`` bytes per send, as a channel with a small window does."""
+
+    def __init__(self, limit: int, closed_after: int | None = None) -> None:
+        self.limit, self.closed_after = limit, closed_after
+        self.got: list[bytes] = []
+
+    def send(self, data: memoryview) -> int:
+        if self.closed_after is not None and sum(map(len, self.got)) >= self.closed_after:
+            return 0
+        piece = bytes(data[: self.limit])
+        self.got.append(piece)
+        return len(piece)
+
+
+def test_send_all_sends_everything_in_order_one_packet_at_a_time() -> None:
+    data = os.urandom(100_000)
+    chan = _SmallWindowChannel(32_768)
+    send_all(chan, data)  # type: ignore[arg-type]
+    assert b"".join(chan.got) == data
+    assert [len(p) for p in chan.got] == [32_768, 32_768, 32_768, 1_696]
+
+
+def test_send_all_on_a_closed_channel_raises_instead_of_spinning() -> None:
+    chan = _SmallWindowChannel(1000, closed_after=2000)
+    with pytest.raises(EOFError):
+        send_all(chan, b"x" * 5000)  # type: ignore[arg-type]

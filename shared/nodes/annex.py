@@ -50,7 +50,7 @@ from shared.nodes.base import (
 from shared.nodeurl import NodeSpec
 from shared.p2p.engine import ProtocolError
 from shared.p2p.io import APPENDONLY_ERROR, READONLY_ERROR, Client, ConnectionLost, PeerRefused
-from shared.ssh import SSHPool, SSHTarget, default_pool
+from shared.ssh import SSHPool, SSHTarget, default_pool, send_all
 
 # Who we are to the node's git-annex-shell (it records transfers under this UUID)
 # when the caller does not say; the cluster remote passes its own UUID.
@@ -160,7 +160,7 @@ class _ChannelStream:
         return data
 
     def sendall(self, data: bytes, /) -> None:
-        self.chan.sendall(data)
+        send_all(self.chan, data)
         self._drain_stderr()
 
     def stderr_text(self) -> str:

@@ -44,6 +44,7 @@ from shared.ssh import (
     SSHTarget,
     default_pool,
     is_connection_error,
+    send_all,
 )
 
 # SFTP request sizes: a request (or its reply) plus its header must fit in one SSH
@@ -272,7 +273,7 @@ class SFTPNode(Node):
                     written += len(block)
                     if written > size:
                         break
-                    chan.sendall(block)
+                    send_all(chan, block)
             except BaseException:
                 # The source failed: let cat write what it was sent (a resumable store
                 # keeps it) before the error goes up.

@@ -19,6 +19,7 @@ Non-UTF-8 bytes are carried as surrogateescape surrogates, as ``os.fsdecode`` gi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import struct
@@ -34,6 +35,7 @@ MAX_FILE_NAME_BYTES = 255
 MAX_EXTENSION_BYTES = 64  # git-annex's validKeyName, for backends ending in "E"
 
 _BACKEND_RE = re.compile(r"[A-Za-z0-9_]+")
+_PLAIN_RE = re.compile(r"[!-~]*")  # printable ASCII, no space: nearly every key
 _DIGITS = frozenset("0123456789")
 _FIELDS = ("s", "m", "S", "C")
 _MIXED_CHARS = "0123456789zqjxkmvwgpfZQJXKMVWGPF"
@@ -80,6 +82,8 @@ def _encode(text: str, what: str) -> bytes:
 
 def _check_chars(text: str, what: str) -> None:
     """Whitespace and control characters break line protocols, logs and shells."""
+    if _PLAIN_RE.fullmatch(text):  # the per-character walk costs ~0.1 ms a key
+        return
     for ch in text:
         if ch.isspace() or unicodedata.category(ch) == "Cc":
             raise InvalidKey(f"{what}: contains whitespace or control character {ch!r}")
@@ -181,6 +185,12 @@ class Key:
         return key
 
     def __str__(self) -> str:
+        return self._text
+
+    # Cached: a store asks for the text, file name and hash directories several times
+    # per node. cached_property writes the instance __dict__, which frozen allows.
+    @functools.cached_property
+    def _text(self) -> str:
         fields = "".join(
             f"-{letter}{value}"
             for letter, value in zip(
@@ -201,7 +211,7 @@ class Key:
     def is_chunk(self) -> bool:
         return self.chunk_num is not None
 
-    @property
+    @functools.cached_property
     def file_name(self) -> str:
         """git-annex's ``keyFile``: one path component, a one-to-one mapping of the key."""
         text = str(self)
@@ -234,20 +244,21 @@ class Key:
             raise InvalidKey(f"{_show(name)}: not an escaped key file name")
         return key
 
+    @functools.cached_property
     def _md5(self) -> bytes:
         """Hash directories come from the parent, so all chunks share one directory."""
         return hashlib.md5(str(self.parent).encode("utf-8", "surrogateescape")).digest()
 
-    @property
+    @functools.cached_property
     def hashdirlower(self) -> str:
         """Two levels of three hex digits: layout of special remotes and bare repos."""
-        digest = self._md5().hex()
+        digest = self._md5.hex()
         return f"{digest[0:3]}/{digest[3:6]}/"
 
-    @property
+    @functools.cached_property
     def hashdirmixed(self) -> str:
         """Two levels of two letters: layout of non-bare repos' ``.git/annex/objects``."""
-        (word,) = struct.unpack("<I", self._md5()[:4])
+        (word,) = struct.unpack("<I", self._md5[:4])
         c = [_MIXED_CHARS[(word >> (6 * i)) & 31] for i in range(4)]
         return f"{c[1]}{c[0]}/{c[3]}{c[2]}/"
 

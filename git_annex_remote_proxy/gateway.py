@@ -31,7 +31,7 @@ from pathlib import Path
 
 from git_annex_remote_proxy.config import GatewayConfig, Target
 from shared.cluster import Cluster, RemoveFailed, StoreOutcome
-from shared.errors import ClusterError, ConfigError
+from shared.errors import ClusterError, ConfigError, IntegrityError
 from shared.keys import ContentVerifier, Key
 from shared.nodes import open_node
 from shared.nodes.annex import AnnexNode
@@ -121,6 +121,10 @@ class ClusterBackend:
         self, key: Key, offset: int, length: int, data: Readable, valid: Callable[[], bool]
     ) -> tuple[str, ...]:
         resume, self._resume = self._resume, None
+        expected = key.content_size
+        if expected is not None and offset + length != expected:
+            # Refused before any node writes a byte of it (the payload is drained).
+            raise IntegrityError(f"{key}: {offset + length} bytes offered, the key has {expected}")
         if resume is not None and resume[0] == key and resume[2] == offset:
             outcome = self.cluster.store_resuming(key, data, offset + length, offset, resume[1])
             return self._report(key, outcome)
@@ -315,7 +319,9 @@ def request_of(args: Sequence[str]) -> list[str]:
     # "git-annex-remote-proxy serve [opts] TARGET", or "git-annex-shell CMD DIR ...".
     for i, word in enumerate(words):
         if word == "serve":
-            return [w for w in words[i + 1 :] if not w.startswith("--")][:1] or []
+            if target := [w for w in words[i + 1 :] if not w.startswith("--")][:1]:
+                return target
+            break
         if word in ("p2pstdio", "configlist"):
             return words[i:]
     raise ConfigError(

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import BinaryIO
 
-from shared.errors import ClusterError, ConfigError, NodeError, NotFound
+from shared.errors import (
+    ClusterError,
+    ConfigError,
+    IntegrityError,
+    NodeError,
+    NotFound,
+    wrong_content,
+)
 from shared.fanout import QueueReader, fan_out
 from shared.keys import Key
 from shared.nodes.base import UNKNOWN_SIZE, CountingSink, Node, Readable, Usage, Writable
@@ -116,6 +123,7 @@ class Cluster:
             raise ConfigError(
                 f"mincopies={self.mincopies} must be between 1 and copies={self.copies}"
             )
+        self._spoilt: set[tuple[str, str]] = set()  # (key, node) that sent wrong content
         self._room_lock = threading.Lock()
         self._used: dict[str, int] = {}  # bytes held, counted once, then kept up to date
         self._free: dict[str, tuple[float, Usage | None]] = {}  # (when asked, answer)
@@ -377,10 +385,14 @@ class Cluster:
         errors: dict[str, str] = {}
         absent: list[str] = []
         sink = _ProgressSink(path, progress)
+        spoilt = False  # a node sent wrong content: what is written cannot be continued
         with sink:
             for node in self.retrieve_order(key):
                 offset = sink.position()
                 try:
+                    if spoilt and offset:
+                        offset = sink.restart()
+                    spoilt = False
                     if offset:
                         size = node.present(key)
                         if size is None:
@@ -397,16 +409,24 @@ class Cluster:
                     absent.append(node.name)
                 except Exception as e:
                     errors[node.name] = error_line(e)
+                    spoilt = spoilt or wrong_content(e)
                     self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
         raise _retrieve_failed(key, errors, absent)
 
     def retrieve_stream(self, key: Key, sink: Writable, offset: int = 0) -> str:
         """Write the key's content from ``offset`` to ``sink``, falling over to the next
-        node from where the last one stopped; return the node that finished it."""
+        node from where the last one stopped; return the node that finished it.
+
+        A node that turns out to have sent wrong content (an encrypted copy that does
+        not decrypt, a repository that says INVALID) cannot be continued by another:
+        what it sent is gone. That raises IntegrityError, and the caller must make the
+        receiver discard what it got."""
         errors: dict[str, str] = {}
         absent: list[str] = []
         counting = CountingSink(sink)
-        for node in self.retrieve_order(key):
+        # Nodes that sent wrong content for this key before go last (the client asks again).
+        order = sorted(self.retrieve_order(key), key=lambda n: (str(key), n.name) in self._spoilt)
+        for node in order:
             try:
                 node.retrieve(key, counting, offset + counting.count)
                 return node.name
@@ -415,6 +435,12 @@ class Cluster:
             except Exception as e:
                 errors[node.name] = error_line(e)
                 self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
+                if counting.count and wrong_content(e):
+                    self._spoilt.add((str(key), node.name))
+                    raise IntegrityError(
+                        f"{key}: node {node.name} sent wrong content ({errors[node.name]}) "
+                        f"after {counting.count} bytes had gone out"
+                    ) from e
         raise _retrieve_failed(key, errors, absent)
 
     # -- presence -----------------------------------------------------------

@@ -222,6 +222,22 @@ class SFTPSession(paramiko.SFTPClient):
         body = packet.asbytes()
         self._gathered.append(struct.pack(">IB", len(body) + 1, t) + body)
 
+    def _convert_status(self, msg: Any) -> None:
+        """paramiko's, keeping the SFTP status code (``sftp_status`` on the OSError): an
+        extension the server lacks (OP_UNSUPPORTED) is not a failure of the request."""
+        code, text = msg.get_int(), msg.get_text()
+        if code == paramiko.sftp.SFTP_OK:
+            return
+        if code == paramiko.sftp.SFTP_EOF:
+            raise EOFError(text)
+        errnos = {
+            paramiko.sftp.SFTP_NO_SUCH_FILE: errno.ENOENT,
+            paramiko.sftp.SFTP_PERMISSION_DENIED: errno.EACCES,
+        }
+        err = OSError(errnos[code], text) if code in errnos else OSError(text)
+        err.sftp_status = code  # type: ignore[attr-defined]
+        raise err
+
     def _async_response(self, t: int, msg: Any, num: int) -> None:
         """The mailbox: keep a reply read by another thread for its waiter."""
         if len(self._replies) > 1000:  # replies nobody waits for (async closes)
@@ -335,7 +351,7 @@ class SFTPSession(paramiko.SFTPClient):
             if waitfor in self._replies:
                 t, msg = self._replies.pop(waitfor)
                 if t == paramiko.sftp.CMD_STATUS:
-                    self._convert_status(msg)  # type: ignore[attr-defined]
+                    self._convert_status(msg)
                 return t, msg
             return super()._read_response(waitfor)  # type: ignore[misc,no-any-return]
 

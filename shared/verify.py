@@ -35,8 +35,10 @@ class VerifiedReader:
 
     def read(self, n: int = -1, /) -> bytes:
         block = self.data.read(n if n >= 0 else BLOCK)
-        self.verifier.update(block)
         self.left -= len(block)
+        if self.left < 0:  # now, not at the end: a node would take all of it first
+            raise IntegrityError(f"{self.key}: the content is longer than the key says")
+        self.verifier.update(block)
         if (not block or self.left <= 0) and not self.checked:
             # Before the nodes get the last bytes (or EOF) and commit.
             if self.left != 0:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,6 +26,7 @@ from shared.errors import IntegrityError, NodeError, NotFound, Unsupported
 from shared.fanout import SourceFailed
 from shared.keys import Key
 from shared.nodes.base import UNKNOWN_SIZE, Node
+from shared.nodes.tmpnames import PREFIX, resume_name
 
 NodeFactory = Callable[[], Node]
 
@@ -493,3 +496,74 @@ class ResumableConformance:
             node.store_from(key, io.BytesIO(data + b"x"), len(data), 0, print)
         assert node.partial(key) == 0 and node.present(key) is None
         self.assert_clean(node)
+
+    @pytest.mark.parametrize("when", ["midway", "at-the-end"])
+    def test_a_second_upload_of_the_key_never_writes_into_the_first_ones_file(
+        self, node: Node, make_node: NodeFactory, when: str
+    ) -> None:
+        """Two gateway sessions upload one key; the second (from byte 0) is cut off
+        after 64 KiB. The first one's object must still be exactly its content."""
+        data = payload(1_000_000, seed=7)
+        key = make_key(data)
+        other = make_node()
+        at = len(data) // 2 if when == "midway" else len(data)
+
+        def second_upload() -> None:
+            with pytest.raises(SourceFailed):
+                other.store_from(
+                    key, FailsAfter(data, 65536, SourceFailed("gone")), len(data), 0, print
+                )
+
+        first = Interleaved(data, at, second_upload)
+        assert node.store_from(key, first, len(data), 0, print)
+        assert first.fired
+        assert fetch(node, key) == data
+        # The second one's kept bytes are dropped once the key is there.
+        assert node.store_from(key, UnreadableSource(), len(data), 0, print) is False
+        assert node.partial(key) == 0
+        other.close()
+        self.assert_clean(node)
+
+    def test_an_upload_killed_midway_is_continued_by_the_next(
+        self, node: Node, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A writer killed holding its claim (no release): once its process is gone,
+        the next upload takes the bytes it wrote (tmpnames' abandoned claims)."""
+        data = payload(3_000_000)
+        key = make_key(data)
+        gone = subprocess.Popen([sys.executable, "-c", ""])
+        gone.wait()
+        module = sys.modules[type(node).__module__]
+        claim = f"{resume_name(str(key))}.{PREFIX}{gone.pid}-dead"
+        monkeypatch.setattr(module, "claim_name", lambda _key: claim)
+        monkeypatch.setattr(type(node), "_release", lambda *_args: None)  # killed: no release
+        with pytest.raises(SourceFailed):
+            node.store_from(
+                key, FailsAfter(data, 1_234_567, SourceFailed("killed")), len(data), 0, print
+            )
+        monkeypatch.undo()
+        assert node.partial(key) == 1_234_567 and node.present(key) is None
+        prefix = bytearray()
+        assert node.store_from(
+            key, io.BytesIO(data[1_000_000:]), len(data), 1_000_000, prefix.extend
+        )
+        assert bytes(prefix) == data[:1_000_000]
+        assert fetch(node, key) == data and node.partial(key) == 0
+        self.assert_clean(node)
+
+
+class Interleaved:
+    """``data``, calling ``hook`` once when the reader reaches byte ``at`` (at the end:
+    on the read that finds EOF, just before the store closes and commits)."""
+
+    def __init__(self, data: bytes, at: int, hook: Callable[[], None]) -> None:
+        self.src, self.at, self.hook, self.fired = io.BytesIO(data), at, hook, False
+
+    def read(self, n: int = -1, /) -> bytes:
+        if not self.fired and self.src.tell() >= self.at:
+            self.fired = True
+            self.hook()
+        left = self.at - self.src.tell()
+        if left > 0 and (n < 0 or n > left):
+            n = left  # stop exactly at the hook's byte
+        return self.src.read(n)

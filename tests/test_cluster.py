@@ -18,7 +18,7 @@ from shared.cluster import (
     RetrieveFailed,
     StoreFailed,
 )
-from shared.errors import ConfigError, NotFound, PermissionDenied, Unavailable
+from shared.errors import ConfigError, IntegrityError, NotFound, PermissionDenied, Unavailable
 from shared.fanout import BLOCK
 from shared.keys import Key
 from shared.nodes.file import FileNode
@@ -371,6 +371,45 @@ def test_retrieve_continues_after_midway_failure(
     assert dest.read_bytes() == data
     assert [c.offset for c in nodes["n1"].ops("retrieve")] == [cut]
     assert sum(progress) == len(data)
+
+
+def wrong_on_the_first_node(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> tuple[Cluster, dict[str, FaultyNode], Key, bytes]:
+    """n0, the cheaper, holds a wrong copy that proves wrong after some bytes went out."""
+    cluster, nodes = make_cluster(2, attrs={"n0": "cost=10", "n1": "cost=20"})
+    data = content(3 * BLOCK + 7)
+    key, _ = src(data)
+    put(nodes["n0"], key, bytes(len(data)))
+    put(nodes["n1"], key, data)
+    nodes["n0"].fail("retrieve", IntegrityError, after_bytes=BLOCK + 5)
+    return cluster, nodes, key, data
+
+
+def test_retrieve_starts_over_after_a_node_sent_wrong_content(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    """What a node sent before its copy proved wrong (an encrypted copy that does not
+    decrypt) is not continued by another node: the next one starts from byte 0."""
+    cluster, nodes, key, data = wrong_on_the_first_node(make_cluster, src)
+    dest = tmp_path / "out"
+    assert cluster.retrieve(key, str(dest)) == "n1"
+    assert dest.read_bytes() == data
+    assert [c.offset for c in nodes["n1"].ops("retrieve")] == [0]
+
+
+def test_retrieve_stream_never_continues_wrong_content(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    """Bytes already streamed cannot be taken back: the stream fails (the gateway then
+    says INVALID), and the next request tries the node that sent them last."""
+    cluster, nodes, key, data = wrong_on_the_first_node(make_cluster, src)
+    with pytest.raises(IntegrityError, match="n0 sent wrong content"):
+        cluster.retrieve_stream(key, io.BytesIO())
+    assert nodes["n1"].ops("retrieve") == []
+    again = io.BytesIO()
+    assert cluster.retrieve_stream(key, again) == "n1"
+    assert again.getvalue() == data
 
 
 def test_retrieve_resumes_partial_destination(

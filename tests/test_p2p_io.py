@@ -594,6 +594,45 @@ def test_get_then_more_requests(session: Session, backend: DictBackend) -> None:
         assert session.client.checkpresent(k)
 
 
+def spoil_after_first_block(backend: DictBackend) -> None:
+    """The backend's source turns out to be wrong after its first block went out (an
+    encrypted copy that does not decrypt)."""
+
+    def on_block(start: int) -> None:
+        raise IntegrityError("the copy does not decrypt", "n1")
+
+    backend.on_block = on_block
+
+
+def test_get_of_wrong_content_ends_invalid(backend: DictBackend) -> None:
+    """The client must discard it (git-annex does on INVALID), and the session goes on."""
+    data = blob(3 * BLOCK)
+    k = key_for(data)
+    backend.objects[k] = data
+    spoil_after_first_block(backend)
+    session = Session(backend)
+    out = io.BytesIO()
+    assert session.client.get(k, out) == (len(data), False)
+    assert out.getvalue()[:BLOCK] == data[:BLOCK] and out.getvalue()[BLOCK:] == bytes(2 * BLOCK)
+    assert any("does not decrypt" in line for line in session.logs)
+    assert session.client.checkpresent(k)  # still in step
+    session.stop()
+    assert session.error is None
+
+
+def test_get_of_wrong_content_hangs_up_at_v0(backend: DictBackend) -> None:
+    """Version 0 has no INVALID: the only honest answer is to end the connection."""
+    data = blob(3 * BLOCK)
+    k = key_for(data)
+    backend.objects[k] = data
+    spoil_after_first_block(backend)
+    session = Session(backend, client_max=0)
+    with pytest.raises(ConnectionLost):
+        session.client.get(k, io.BytesIO())
+    session.join()
+    assert isinstance(session.error, IntegrityError)
+
+
 # --- remove, timestamps, locks --------------------------------------------------------------
 
 

@@ -190,6 +190,23 @@ def test_a_corrupted_upload_is_refused_and_leaves_nothing(
     client.close()
 
 
+def test_data_of_the_wrong_length_is_refused_before_it_is_stored(
+    gateway: tuple[Path, list[Path]],
+) -> None:
+    """A DATA longer than the key's size would fill the nodes' disks before the final
+    check: it is refused from its length alone (and drained)."""
+    config, nodes = gateway
+    client = session(config, "archive")
+    data = os.urandom(1000)
+    key = key_for(data)  # -s1000
+    longer = data + os.urandom(2 * 1024 * 1024)
+    with pytest.raises(PeerRefused):
+        client.put(key, io.BytesIO(longer), len(longer))
+    assert not any(objects(n) or leftovers(n) for n in nodes)
+    assert client.put(key, io.BytesIO(data), len(data)).stored  # the session goes on
+    client.close()
+
+
 class CutOff:
     """The client's data, failing (as its connection would) after ``limit`` bytes."""
 
@@ -392,6 +409,22 @@ def test_forced_command_reads_ssh_original_command(gateway: tuple[Path, list[Pat
     )
     assert client.uuid == uuid
     client.close()
+
+
+def test_forced_command_without_a_target_is_one_clear_line(
+    gateway: tuple[Path, list[Path]],
+) -> None:
+    config, _ = gateway
+    proc = subprocess.run(
+        [PROXY, "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "SSH_ORIGINAL_COMMAND": "git-annex-remote-proxy serve --readonly"},
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("git-annex-remote-proxy: nothing to serve: give a target")
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 # -- through git-annex ---------------------------------------------------------------

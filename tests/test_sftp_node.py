@@ -7,18 +7,20 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import paramiko
 import pytest
 from node_conformance import NodeConformance, NodeFactory, ResumableConformance, make_key, payload
 from sshd import SSHDFactory, ssh_config_for
 
 import shared.nodes.sftp as sftp_module
-from shared.errors import ConfigError, Unavailable
+from shared.errors import ConfigError, NodeError, Unavailable
 from shared.nodes.base import Node
 from shared.nodes.retry import RetryingNode
 from shared.nodes.sftp import SFTPNode, parse_sftp_url
 from shared.nodeurl import parse_node
-from shared.ssh import SSHPool
+from shared.ssh import SFTPSession, SSHPool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -203,3 +205,49 @@ def test_short_reads_do_not_start_remote_commands(tmp_path: Path, pool: SSHPool)
     sink = io.BytesIO()
     node.retrieve(key, sink)
     assert sink.getvalue() == data and node._exec_ok is None  # never probed
+
+
+def _fsync_answers(monkeypatch: pytest.MonkeyPatch, status: int) -> list[int]:
+    """Make every fsync@openssh.com request come back with SFTP status ``status``."""
+    real = SFTPSession.batch
+    seen: list[int] = []
+
+    def batch(self: SFTPSession, requests: Sequence[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        replies = real(self, requests)
+        for i, (kind, args) in enumerate(requests):
+            if kind == paramiko.sftp.CMD_EXTENDED and args[0] == "fsync@openssh.com":
+                seen.append(status)
+                err = OSError("Failure" if status == paramiko.sftp.SFTP_FAILURE else "Unsupported")
+                err.sftp_status = status  # type: ignore[attr-defined]
+                replies[i] = err
+        return replies
+
+    monkeypatch.setattr(SFTPSession, "batch", batch)
+    return seen
+
+
+@pytest.mark.parametrize("resumable", [False, True], ids=["store", "store_from"])
+def test_a_failed_fsync_is_never_committed(
+    tmp_path: Path, pool: SSHPool, monkeypatch: pytest.MonkeyPatch, resumable: bool
+) -> None:
+    """Quota and network filesystems report lost writes at fsync; such an object must
+    not be renamed into place. A server without the extension is fine."""
+    root = tmp_path / "node"
+    root.mkdir()
+    node = sftp_node(pool, root)
+    node._exec_ok = False  # every byte through SFTP writes
+    data = payload(200_000)
+    key = make_key(data)
+
+    def store() -> bool:
+        if resumable:
+            return node.store_from(key, io.BytesIO(data), len(data), 0, print)
+        return node.store(key, io.BytesIO(data), len(data))
+
+    seen = _fsync_answers(monkeypatch, paramiko.sftp.SFTP_FAILURE)
+    with pytest.raises(NodeError, match="Failure"):
+        store()
+    assert seen and node.present(key) is None
+    monkeypatch.undo()
+    _fsync_answers(monkeypatch, paramiko.sftp.SFTP_OP_UNSUPPORTED)
+    assert store() and node.present(key) == len(data)

@@ -9,8 +9,8 @@ atomic step the directory remote takes; the object is then made read-only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import stat
@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from shared.errors import (
     ConfigError,
-    IntegrityError,
+    NodeError,
     NoSpace,
     NotFound,
     PermissionDenied,
@@ -30,7 +30,13 @@ from shared.errors import (
 )
 from shared.keys import Key
 from shared.nodes.base import BLOCK, CHEAP_COST, Node, Readable, Usage, Writable, copy_exact
-from shared.nodes.tmpnames import is_stale, new_tmp_name, resume_name
+from shared.nodes.tmpnames import (
+    abandoned_claims,
+    claim_name,
+    is_stale,
+    new_tmp_name,
+    resume_name,
+)
 from shared.nodeurl import NodeSpec
 
 
@@ -144,35 +150,63 @@ class FileNode(Node):
 
     resumable = True
 
-    def _resume_dir(self, key: Key) -> Path:
-        """One per key, not per process: the next attempt, from any process, finds it."""
-        return self.root / "tmp" / resume_name(str(key))
+    def _kept(self, key: Key) -> list[Path]:
+        """Where interrupted uploads of ``key`` left bytes, in the order a store takes
+        them: the released temp, then claims whose process is gone (tmpnames)."""
+        tmp = self.root / "tmp"
+        free = tmp / resume_name(str(key))
+        if free.exists():
+            return [free]
+        try:
+            names = os.listdir(tmp)
+        except OSError:
+            return []
+        return [tmp / name for name in abandoned_claims(str(key), names)]
 
     def partial(self, key: Key) -> int:
-        try:
-            return os.stat(self._resume_dir(key) / key.file_name).st_size
-        except OSError:
-            return 0
+        for kept in self._kept(key):
+            try:
+                return os.stat(kept / key.file_name).st_size
+            except OSError:
+                continue
+        return 0
+
+    def _claim(self, key: Key) -> Path:
+        """The key's kept bytes under a name of this store alone (a rename has one
+        winner, so two uploads of one key never share a file), or a new empty temp."""
+        mine = self.root / "tmp" / claim_name(str(key))
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        for kept in self._kept(key):
+            try:
+                os.rename(kept, mine)
+            except FileNotFoundError:
+                continue  # another upload took it first
+            os.utime(mine)  # its age counts from now: cleaners elsewhere go by age
+            return mine
+        mine.mkdir()
+        return mine
 
     def store_from(
         self, key: Key, source: Readable, size: int, offset: int, prefix: Callable[[bytes], None]
     ) -> bool:
         if self._find(key) is not None:
+            # What an interrupted upload of it kept is of no use any more.
+            shutil.rmtree(self.root / "tmp" / resume_name(str(key)), ignore_errors=True)
             return False
         self._clean_stale_tmp()
-        tmpdir = self._resume_dir(key)
         name = key.file_name
-        done = False
+        mine: Path | None = None
+        keep = True  # on failure, release what was written for the next attempt
         try:
-            tmpdir.mkdir(parents=True, exist_ok=True)
-            with open(os.open(tmpdir / name, os.O_RDWR | os.O_CREAT, 0o644), "r+b") as out:
-                try:
-                    fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise Unavailable(f"another upload of {key} is writing it", self.name) from None
+            mine = self._claim(key)
+            with open(os.open(mine / name, os.O_RDWR | os.O_CREAT, 0o644), "r+b") as out:
                 kept = os.fstat(out.fileno()).st_size
                 if kept < offset:
-                    raise IntegrityError(f"{kept} bytes kept of {key}, not {offset}", self.name)
+                    raise NodeError(
+                        f"another upload of {key} changed its kept bytes ({kept}, not "
+                        f"{offset}); try again",
+                        self.name,
+                    )
                 out.truncate(offset)
                 while out.tell() < offset and (block := out.read(min(BLOCK, offset - out.tell()))):
                     prefix(block)
@@ -181,19 +215,32 @@ class FileNode(Node):
                 finally:
                     out.flush()
                     os.fsync(out.fileno())
-            os.chmod(tmpdir / name, 0o444)
-            self._commit(key, tmpdir)
-            done = True
+            os.chmod(mine / name, 0o444)
+            self._commit(key, mine)
+            keep = False
         except OSError as e:
             raise from_oserror(e, self.name, f"storing {key} in {self.root}") from e
         except BaseException as e:
-            if wrong_content(e):
-                done = True  # nothing worth keeping
+            keep = not wrong_content(e)  # wrong content: nothing worth keeping
             raise
         finally:
-            if done:
-                shutil.rmtree(tmpdir, ignore_errors=True)
+            if mine is not None and mine.exists():
+                self._release(key, mine, keep)
         return True
+
+    def _release(self, key: Key, mine: Path, keep: bool) -> None:
+        """Give the kept bytes back under the key's shared temp name, or drop them."""
+        try:
+            worth = keep and os.stat(mine / key.file_name).st_size > 0
+        except OSError:
+            worth = False
+        if worth:
+            # If another upload released its own meanwhile, ours stays a claim, taken
+            # up as abandoned once this process is gone.
+            with contextlib.suppress(OSError):
+                os.rename(mine, self.root / "tmp" / resume_name(str(key)))
+            return
+        shutil.rmtree(mine, ignore_errors=True)
 
     counts_bytes = True
 

@@ -35,7 +35,13 @@ from shared.errors import (
 )
 from shared.keys import Key
 from shared.nodes.base import BLOCK, EXPENSIVE_COST, Node, Readable, Usage, Writable
-from shared.nodes.tmpnames import is_stale, new_tmp_name, resume_name
+from shared.nodes.tmpnames import (
+    abandoned_claims,
+    claim_name,
+    is_stale,
+    new_tmp_name,
+    resume_name,
+)
 from shared.nodeurl import NodeSpec
 from shared.ssh import (
     SFTPSession,
@@ -237,14 +243,14 @@ class SFTPNode(Node):
                             f"received {written} bytes for {key}, expected {size}", self.name
                         )
                     # A server without fsync@openssh.com refuses it; the rename still keeps
-                    # partial data invisible. A failed write or close is fatal.
-                    *wrote, _, closed = sftp.batch(
+                    # partial data invisible. A failed write, fsync or close is fatal.
+                    *wrote, synced, closed = sftp.batch(
                         [*writes, _fsync_request(handle), _close(handle)]
                     )
                     handle = None
                     for reply in (*wrote, closed):
-                        if isinstance(reply, OSError):
-                            raise reply
+                        _ok(reply)
+                    _synced(synced)
                 try:
                     sftp.rename(tmpdir, final)
                 except OSError:
@@ -309,17 +315,42 @@ class SFTPNode(Node):
 
     resumable = True
 
-    def _resume_dir(self, key: Key) -> str:
-        """One per key, not per process (see file:// nodes). SFTP has no locks: two
-        uploads of one key at once spoil each other's bytes, which the caller's check
-        of the whole catches (the temp is then dropped and the upload fails)."""
-        return self._path("tmp", resume_name(str(key)))
+    def _kept(self, sftp: SFTPSession, key: Key) -> list[str]:
+        """Where interrupted uploads of ``key`` left bytes, in the order a store takes
+        them: the released temp, then claims whose process is gone (tmpnames)."""
+        tmp = self._path("tmp")
+        free = posixpath.join(tmp, resume_name(str(key)))
+        if not isinstance(sftp.batch([_stat(sftp, free)])[0], OSError):
+            return [free]
+        try:
+            names = sftp.listdir(tmp)
+        except (OSError, UnicodeDecodeError):
+            return []
+        return [posixpath.join(tmp, name) for name in abandoned_claims(str(key), names)]
 
     def partial(self, key: Key) -> int:
-        path = posixpath.join(self._resume_dir(key), key.file_name)
         with self._sftp(f"looking for a kept upload of {key}") as sftp:
-            reply = sftp.batch([_stat(sftp, path)])[0]
-        return 0 if isinstance(reply, OSError) else _attrs(reply).st_size or 0
+            for kept in self._kept(sftp, key):
+                reply = sftp.batch([_stat(sftp, posixpath.join(kept, key.file_name))])[0]
+                if not isinstance(reply, OSError):
+                    return _attrs(reply).st_size or 0
+        return 0
+
+    def _claim(self, sftp: SFTPSession, key: Key) -> str:
+        """The key's kept bytes under a name of this store alone (a rename has one
+        winner, so two uploads of one key never share a file), or a new empty temp.
+        SFTP has no locks; this is what keeps concurrent uploads apart."""
+        mine = self._path("tmp", claim_name(str(key)))
+        sftp.batch([_mkdir(sftp, self._path("tmp"))])
+        for kept in self._kept(sftp, key):
+            try:
+                sftp.rename(kept, mine)
+            except FileNotFoundError:
+                continue  # another upload took it first
+            sftp.utime(mine, None)  # its age counts from now: cleaners go by age
+            return mine
+        sftp.mkdir(mine)
+        return mine
 
     def store_from(
         self, key: Key, source: Readable, size: int, offset: int, prefix: Callable[[bytes], None]
@@ -327,53 +358,98 @@ class SFTPNode(Node):
         name = key.file_name
         final = self._path(key.hashdirlower, name)
         hashdirs = (posixpath.dirname(posixpath.dirname(final)), posixpath.dirname(final))
-        tmpdir = self._resume_dir(key)
-        path = posixpath.join(tmpdir, name)
         with self._sftp(f"storing {key}") as sftp:
             self._clean_stale_tmp(sftp)
             if self._find(sftp, key) is not None:
+                # What an interrupted upload of it kept is of no use any more.
+                _discard(sftp, self._path("tmp", resume_name(str(key))), name)
                 return False
-            sftp.batch([_mkdir(sftp, self._path("tmp")), _mkdir(sftp, tmpdir)])
-            discard = False
+            mine = ""
+            keep = True  # on failure, release what was written for the next attempt
             try:
-                try:
-                    f = sftp.open(path, "r+b")
-                except FileNotFoundError:
-                    f = sftp.open(path, "w+b")
-                with f:
-                    handle = cast(bytes, f.handle)
-                    kept = f.stat().st_size or 0
-                    if kept < offset:
-                        raise IntegrityError(f"{kept} bytes kept of {key}, not {offset}", self.name)
-                    f.truncate(offset)
-                    for data in sftp.read_stream(handle, 0, offset, READ_REQUEST, READ_DEPTH):
-                        prefix(data)
-                    by_exec = size - offset >= EXEC_MIN and _is_utf8(path) and self._exec_usable()
-                    if not by_exec:
-                        written = sftp.write_stream(
-                            handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH, start=offset
-                        )
-                        if offset + written != size:
-                            raise IntegrityError(
-                                f"received {offset + written} bytes for {key}, expected {size}",
-                                self.name,
-                            )
-                        sftp.batch([_fsync_request(handle)])
+                mine = self._claim(sftp, key)
+                path = posixpath.join(mine, name)
+                by_exec = self._write_kept(sftp, key, path, source, size, offset, prefix)
                 if by_exec:  # appended to what was kept, as the store's own long uploads
                     self._store_exec(sftp, key, path, source, size, offset)
                 sftp.chmod(path, 0o444)
                 sftp.batch([_mkdir(sftp, d) for d in hashdirs])
                 try:
-                    sftp.rename(tmpdir, final)
+                    sftp.rename(mine, final)
                 except OSError:
-                    self._rename_into_place(sftp, key, tmpdir, final, hashdirs)
+                    self._rename_into_place(sftp, key, mine, final, hashdirs)
+                mine = ""
             except BaseException as e:
-                discard = wrong_content(e)
+                keep = not wrong_content(e)  # wrong content: nothing worth keeping
                 raise
             finally:
-                if discard:
-                    _discard(sftp, tmpdir, name)
+                if mine:
+                    self._release(sftp, key, mine, keep)
         return True
+
+    def _write_kept(
+        self,
+        sftp: SFTPSession,
+        key: Key,
+        path: str,
+        source: Readable,
+        size: int,
+        offset: int,
+        prefix: Callable[[bytes], None],
+    ) -> bool:
+        """Cut the kept bytes to ``offset`` and hand them to ``prefix``; then write the
+        rest through SFTP, or return True when it is long enough for the exec path.
+        Every reply is checked: a failed write, fsync or close is never committed."""
+        handle = _handle(sftp.batch([_open_rw(sftp, path)])[0])
+        if handle is None:
+            raise OSError(f"cannot open {path}")
+        try:
+            reply = sftp.batch([(paramiko.sftp.CMD_FSTAT, (handle,))])[0]
+            kept = _attrs(_ok(reply)).st_size or 0
+            if kept < offset:
+                raise NodeError(
+                    f"another upload of {key} changed its kept bytes ({kept}, not {offset}); "
+                    "try again",
+                    self.name,
+                )
+            cut = paramiko.SFTPAttributes()
+            cut.st_size = offset
+            _ok(sftp.batch([(paramiko.sftp.CMD_FSETSTAT, (handle, cut))])[0])
+            for data in sftp.read_stream(handle, 0, offset, READ_REQUEST, READ_DEPTH):
+                prefix(data)
+            by_exec = size - offset >= EXEC_MIN and _is_utf8(path) and self._exec_usable()
+            if not by_exec:
+                written = sftp.write_stream(
+                    handle, _blocks(source), WRITE_REQUEST, WRITE_DEPTH, start=offset
+                )
+                if offset + written != size:
+                    raise IntegrityError(
+                        f"received {offset + written} bytes for {key}, expected {size}",
+                        self.name,
+                    )
+                synced, closed = sftp.batch([_fsync_request(handle), _close(handle)])
+                handle = None
+                _ok(closed)
+                _synced(synced)
+        finally:
+            if handle is not None:
+                with suppress(Exception):
+                    sftp.batch([_close(handle)])
+        return by_exec
+
+    def _release(self, sftp: SFTPSession, key: Key, mine: str, keep: bool) -> None:
+        """Give the kept bytes back under the key's shared temp name, or drop them.
+        Best effort: the connection may be what failed (a claim left behind is taken
+        up as abandoned once this process is gone)."""
+        name = key.file_name
+        with suppress(Exception):
+            if keep:
+                reply = sftp.batch([_stat(sftp, posixpath.join(mine, name))])[0]
+                if not isinstance(reply, OSError) and (_attrs(reply).st_size or 0) > 0:
+                    with suppress(OSError):
+                        sftp.rename(mine, self._path("tmp", resume_name(str(key))))
+                    return
+            _discard(sftp, mine, name)
 
     def _rename_into_place(
         self, sftp: SFTPSession, key: Key, tmpdir: str, final: str, hashdirs: tuple[str, str]
@@ -495,7 +571,7 @@ class SFTPNode(Node):
         self._tmp_checked = True
         try:
             entries = sftp.listdir_attr(self._path("tmp"))
-        except OSError:
+        except (OSError, UnicodeDecodeError):  # a name paramiko cannot decode
             return
         for entry in entries:
             if is_stale(entry.filename, entry.st_mtime):
@@ -526,6 +602,27 @@ def _open_new(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
     flags = paramiko.sftp.SFTP_FLAG_WRITE | paramiko.sftp.SFTP_FLAG_CREATE
     flags |= paramiko.sftp.SFTP_FLAG_EXCL  # the temp directory is ours alone
     return paramiko.sftp.CMD_OPEN, (sftp._adjust_cwd(path), flags, paramiko.SFTPAttributes())
+
+
+def _open_rw(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
+    flags = paramiko.sftp.SFTP_FLAG_READ | paramiko.sftp.SFTP_FLAG_WRITE
+    flags |= paramiko.sftp.SFTP_FLAG_CREATE
+    return paramiko.sftp.CMD_OPEN, (sftp._adjust_cwd(path), flags, paramiko.SFTPAttributes())
+
+
+def _ok(reply: Any) -> Any:
+    """A batch reply, or the error it carries raised."""
+    if isinstance(reply, OSError):
+        raise reply
+    return reply
+
+
+def _synced(reply: Any) -> None:
+    """An fsync@openssh.com reply: fatal if it failed, fine if the server lacks it."""
+    if isinstance(reply, OSError):
+        if getattr(reply, "sftp_status", None) == paramiko.sftp.SFTP_OP_UNSUPPORTED:
+            return
+        raise reply
 
 
 def _close(handle: bytes) -> tuple[int, tuple[Any, ...]]:

@@ -5,6 +5,13 @@ that directory into place. If the writer is killed, the directory stays behind,
 invisible under any key's name. A later process on the same host removes those
 whose process is gone; other hosts' entries (a node shared over a network
 filesystem) are never judged from here.
+
+A resumable store (a gateway's upload) keeps its bytes in ``tmp/resume-<md5 of
+key>/`` between attempts. While it writes, it holds them under a private name,
+``resume-<md5>.cluster-<host>-<pid>-<random>``, taken by renaming: a rename has
+one winner, so two uploads of one key never write into the same file. The
+writer renames them back when its source goes away; if it is killed instead,
+its claim is *abandoned* (its process is gone) and the next upload takes that.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Iterable
 
 PREFIX = f"cluster-{socket.gethostname().replace('-', '_')}-"
 # Resumable stores (a gateway's uploads) keep a temp per key until it is completed,
@@ -33,14 +41,36 @@ def resume_name(key: str) -> str:
     return f"{RESUME_PREFIX}{digest}"
 
 
+def claim_name(key: str) -> str:
+    """The private name of ``key``'s kept bytes while this process writes them."""
+    return f"{resume_name(key)}.{new_tmp_name()}"
+
+
+def abandoned_claims(key: str, entries: Iterable[str]) -> list[str]:
+    """The entries of ``tmp/`` that are claims on ``key``'s kept bytes by processes of
+    this host that are gone: what they wrote can be continued."""
+    stem = f"{resume_name(key)}."
+    return sorted(e for e in entries if e.startswith(stem) and _gone(e.removeprefix(stem)))
+
+
 def is_stale(entry: str, mtime: float | None = None) -> bool:
     """True for a temp entry of this host whose writer process no longer runs, or for
-    a resumable store's temp not touched for ``RESUME_KEEP`` (``mtime`` given)."""
+    a resumable store's temp not touched for ``RESUME_KEEP`` (``mtime`` given) and
+    not claimed by a running process of this host."""
     if entry.startswith(RESUME_PREFIX):
+        owner = entry.partition(".")[2]
+        if owner.startswith(PREFIX) and not _gone(owner):
+            return False
         return mtime is not None and time.time() - mtime > RESUME_KEEP
-    if not entry.startswith(PREFIX):
+    return _gone(entry)
+
+
+def _gone(name: str) -> bool:
+    """Whether ``name`` (``cluster-<host>-<pid>-...``) belongs to a process of this host
+    that no longer runs; False for other hosts' names, which cannot be judged here."""
+    if not name.startswith(PREFIX):
         return False
-    pid_text = entry.removeprefix(PREFIX).split("-", 1)[0]
+    pid_text = name.removeprefix(PREFIX).split("-", 1)[0]
     return pid_text.isdigit() and not _running(int(pid_text))
 
 

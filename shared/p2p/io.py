@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shared.errors import ClusterError
+from shared.errors import ClusterError, wrong_content
 from shared.keys import Key
 from shared.nodes.base import Readable, Writable
 from shared.p2p import messages as m
@@ -29,6 +29,8 @@ from shared.p2p.engine import (
     _NeedData,
 )
 from shared.p2p.messages import MAX_VERSION, Message
+
+FILL_BLOCK = 1024 * 1024  # zeros sent per DATA chunk after a download went wrong
 
 BLOCK = 256 * 1024  # payload bytes per send; bounded whatever the object size
 RECV = 256 * 1024
@@ -554,16 +556,29 @@ class Server(_Driver):
             length = max(0, size - offset)
             self._send(m.Data(length))
             sent = 0
-            for block in blocks:
-                block = block[: length - sent]
-                if block:
-                    self._write(self.conn.send_data(block))
-                    sent += len(block)
-            if sent < length:
-                # The object shrank while read: the only way out is to hang up.
-                raise ConnectionLost(f"{key} ended {length - sent} bytes early while sent")
-            if self.conn.version >= 1:
-                self._send(m.Valid())
+            try:
+                for block in blocks:
+                    block = block[: length - sent]
+                    if block:
+                        self._write(self.conn.send_data(block))
+                        sent += len(block)
+            except Exception as e:
+                if not wrong_content(e) or self.conn.version < 1:
+                    raise  # the connection ends; the client keeps what it got, to resume
+                # What went out is wrong: fill up the announced length and say INVALID,
+                # on which git-annex discards the download rather than keep it to resume.
+                self.log(f"reading {key}: {e}")
+                while sent < length:
+                    filler = bytes(min(FILL_BLOCK, length - sent))
+                    self._write(self.conn.send_data(filler))
+                    sent += len(filler)
+                self._send(m.Invalid())
+            else:
+                if sent < length:
+                    # The object shrank while read: the only way out is to hang up.
+                    raise ConnectionLost(f"{key} ended {length - sent} bytes early while sent")
+                if self.conn.version >= 1:
+                    self._send(m.Valid())
         ev = self._event()  # the client's SUCCESS or FAILURE
         if isinstance(ev, Closed):
             return

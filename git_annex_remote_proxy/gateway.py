@@ -65,7 +65,9 @@ class ClusterBackend:
         None: no locks (LOCKCONTENT fails, as before a directory could be made)."""
         self.cluster, self.log, self.own_uuid = cluster, log, own_uuid
         self.lock_dir = lock_dir
-        self._locks: dict[Key, int] = {}  # key -> fd holding its shared lock
+        # Locks belong to the storage, not to the target: targets may share a node.
+        self._lock_names = [_node_lock_name(n.spec.url) for n in cluster.nodes]
+        self._locks: dict[Key, list[int]] = {}  # key -> fds holding its shared locks
 
         self._resume: tuple[Key, list[Node], int] | None = None  # from put_offset to store
         self.bypass(())  # even a client that sends no BYPASS must not start a cycle
@@ -210,7 +212,7 @@ class ClusterBackend:
     def remove(self, key: Key) -> tuple[bool, tuple[str, ...]]:
         everyone = [n.name for n in self.cluster.nodes]
         try:
-            fd = self._lock_fd(key, fcntl.LOCK_EX)
+            fds = self._lock_fds(key, fcntl.LOCK_EX)
         except _Busy:
             self.log(f"not removing {key}: another client holds it locked (LOCKCONTENT)")
             return False, ()
@@ -220,45 +222,62 @@ class ClusterBackend:
             self.log(str(e))
             return False, self._uuids([n for n in everyone if n not in e.failed])
         finally:
-            if fd is not None:
-                os.close(fd)
+            _close_all(fds)
         return True, self._uuids(everyone)
 
     def lock(self, key: Key) -> bool:
-        """A shared lock on the key's lock file in ``lock_dir``, which every session of
-        this gateway takes exclusively before it removes the key: while any client
-        holds it, the key is not removed through this gateway (its process ending, for
-        a lost connection, releases it). Then the key must be present."""
+        """Shared locks on the key's lock file of each node, which every session of
+        this gateway, through any target, takes exclusively before it removes the key
+        from that node: while any client holds them, the key is not removed through
+        this gateway (its process ending, for a lost connection, releases them). Then
+        the key must be present."""
         try:
-            fd = self._lock_fd(key, fcntl.LOCK_SH)
+            fds = self._lock_fds(key, fcntl.LOCK_SH)
         except _Busy:  # being removed right now
             return False
-        if fd is None:
+        if not fds:
             return False
         if not self.cluster.present(key):
-            os.close(fd)
+            _close_all(fds)
             return False
-        self._locks[key] = fd
+        self._locks[key] = fds
         return True
 
     def unlock(self, key: Key) -> None:
-        fd = self._locks.pop(key, None)
-        if fd is not None:
-            os.close(fd)
+        _close_all(self._locks.pop(key, []))
 
-    def _lock_fd(self, key: Key, how: int) -> int | None:
-        """An fd holding ``how`` on the key's lock file, None when there is no lock
-        directory; ``_Busy`` when another session holds it the other way."""
+    def _lock_fds(self, key: Key, how: int) -> list[int]:
+        """Fds holding ``how`` on the key's lock file of every node, none when there is
+        no lock directory; ``_Busy`` when another session holds one the other way."""
         if self.lock_dir is None:
-            return None
+            return []
         name = hashlib.md5(str(key).encode("utf-8", "surrogateescape")).hexdigest()
-        fd = os.open(self.lock_dir / name, os.O_RDWR | os.O_CREAT, 0o600)
+        fds: list[int] = []
         try:
-            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            for node in self._lock_names:
+                where = self.lock_dir / node
+                where.mkdir(exist_ok=True, mode=0o700)
+                fd = os.open(where / name, os.O_RDWR | os.O_CREAT, 0o600)
+                fds.append(fd)
+                fcntl.flock(fd, how | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
+            _close_all(fds)
             raise _Busy from None
-        return fd
+        except BaseException:
+            _close_all(fds)
+            raise
+        return fds
+
+
+def _node_lock_name(url: str) -> str:
+    """The directory of a node's content locks: its URL, as the same storage is
+    likely written in each target's list (a trailing slash aside)."""
+    return hashlib.md5(url.rstrip("/").encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 # -- the command ---------------------------------------------------------------------
@@ -373,10 +392,10 @@ def _check_allowed(target: Target, allow: Sequence[str]) -> None:
         raise ConfigError(f"target {target.name} is not allowed for this key")
 
 
-def _lock_dir(config_path: Path, target: Target) -> Path | None:
-    """``locks/<target uuid>/`` beside the configuration file: shared by every session
-    of this gateway. None (no content locks) when it cannot be made."""
-    where = config_path.parent / "locks" / target.uuid
+def _lock_dir(config_path: Path) -> Path | None:
+    """``locks/`` beside the configuration file: shared by every session of this
+    gateway, one directory per node. None (no content locks) when it cannot be made."""
+    where = config_path.parent / "locks"
     try:
         where.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
@@ -391,7 +410,7 @@ def _serve_target(target: Target, client_uuid: str | None, mode: str, config_pat
     # unverified upload left (see shared.nodes.chunked).
     nodes = [open_node(s, target.uuid, trusted_source=False) for s in specs]
     cluster = Cluster(nodes, copies=target.copies, mincopies=target.mincopies, log=_debug)
-    backend = ClusterBackend(cluster, _log, target.uuid, _lock_dir(config_path, target))
+    backend = ClusterBackend(cluster, _log, target.uuid, _lock_dir(config_path))
     stream = _Stdio()
     try:
         Server(stream, backend, target.uuid, mode, log=_log).serve()

@@ -306,6 +306,29 @@ def test_lockcontent_keeps_other_sessions_from_removing(
     other.close()
 
 
+def test_lockcontent_holds_for_every_target_sharing_the_node(
+    gateway: tuple[Path, list[Path]],
+) -> None:
+    """Locks belong to the storage: a target that shares a node with a locked one
+    cannot remove the key from it either."""
+    config, nodes = gateway
+    proxy_cli("add", "solo", f"n1=file://{nodes[0]}", config=config)
+    data = b"locked through another target"
+    key = key_for(data)
+    holder = session(config, "archive")
+    assert holder.put(key, io.BytesIO(data), len(data)).stored
+    assert holder.lockcontent(key) is True
+    solo = session(config, "solo")
+    assert solo.remove(key)[0] is False
+    assert all(objects(n) for n in nodes)
+    holder.unlockcontent()
+    assert holder.checkpresent(key)  # a round trip: the unlock has been served
+    assert solo.remove(key)[0] is True
+    assert not objects(nodes[0]) and objects(nodes[1])
+    holder.close()
+    solo.close()
+
+
 def test_get_of_an_absent_key_is_invalid(gateway: tuple[Path, list[Path]]) -> None:
     config, _ = gateway
     client = session(config, "archive")

@@ -385,14 +385,10 @@ class Cluster:
         errors: dict[str, str] = {}
         absent: list[str] = []
         sink = _ProgressSink(path, progress)
-        spoilt = False  # a node sent wrong content: what is written cannot be continued
         with sink:
             for node in self.retrieve_order(key):
                 offset = sink.position()
                 try:
-                    if spoilt and offset:
-                        offset = sink.restart()
-                    spoilt = False
                     if offset:
                         size = node.present(key)
                         if size is None:
@@ -409,7 +405,8 @@ class Cluster:
                     absent.append(node.name)
                 except Exception as e:
                     errors[node.name] = error_line(e)
-                    spoilt = spoilt or wrong_content(e)
+                    if wrong_content(e):  # no wrong byte may outlive this attempt either
+                        sink.restart()
                     self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
         raise _retrieve_failed(key, errors, absent)
 
@@ -515,7 +512,8 @@ class _ProgressSink:
         return self._f.tell()
 
     def restart(self) -> int:
-        """Drop what is there (it is longer than the object, so it is not a prefix of it)."""
+        """Drop what is there: not a prefix of the object (longer than it, or written
+        by a node whose copy proved wrong)."""
         self._report(-self._f.tell())
         self._f.seek(0)
         self._f.truncate(0)

@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.errors import ConfigError, NodeError, Unsupported
 from shared.nodeedit import add_node, describe, export_nodes, import_nodes, remove_node, set_node
-from shared.nodes import open_node
+from shared.nodes import LAYER_PARAMS, open_node
 from shared.nodeurl import NodeSpec
 
 
@@ -33,6 +33,11 @@ def add_parsers(sub: Any, owner: str) -> None:
     setp.add_argument(owner)
     setp.add_argument("name")
     setp.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    setp.add_argument(
+        "--force",
+        action="store_true",
+        help="change chunk=/encryption=/mac= of a node holding content",
+    )
     rm = sub.add_parser("remove", help="remove a node that holds nothing (or --force)")
     rm.add_argument(owner)
     rm.add_argument("name")
@@ -77,7 +82,10 @@ def edit(
         }
         return add_node(specs, args.name, args.url, attrs), f"added node {args.name}"
     if args.action == "set":
-        return set_node(specs, args.name, args.assignments), f"changed node {args.name}"
+        new = set_node(specs, args.name, args.assignments)
+        if not args.force:
+            _check_layout_kept(specs, new, check_empty)
+        return new, f"changed node {args.name}"
     if args.action == "remove":
         new = remove_node(specs, args.name)
         if not args.force:
@@ -92,8 +100,30 @@ def edit(
             for s in specs:
                 if s.name not in kept:
                     check_empty(s.name)
+            _check_layout_kept(specs, new, check_empty)
         return new, f"imported {len(new)} node(s)"
     raise ConfigError(f"unknown action {args.action}")  # argparse allows no other
+
+
+def _check_layout_kept(
+    old: list[NodeSpec], new: list[NodeSpec], check_empty: Callable[[str], None]
+) -> None:
+    """chunk=, encryption= and mac= decide the names a node's objects are stored under:
+    changed on a node that holds content, they hide it (absent to git-annex, and a
+    removal that leaves it in place)."""
+    before = {s.name: s for s in old}
+    for spec in new:
+        was = before.get(spec.name)
+        changed = [p for p in LAYER_PARAMS if was and was.params.get(p) != spec.params.get(p)]
+        if not changed:
+            continue
+        try:
+            check_empty(spec.name)
+        except ConfigError as e:
+            what = ", ".join(f"{p}=" for p in changed)
+            raise ConfigError(
+                f"changing {what} of node {spec.name} would hide what it holds: {e}"
+            ) from None
 
 
 def report(args: argparse.Namespace, owner: str, what: str, specs: list[NodeSpec]) -> None:

@@ -21,7 +21,7 @@ from node_conformance import BreakingSource, NodeConformance, NodeFactory, fetch
 from sshd import SSHDFactory, ssh_config_for
 
 import shared.p2p.io as p2p_io
-from shared.errors import ConfigError, NodeError, PermissionDenied, Unavailable
+from shared.errors import ConfigError, IntegrityError, NodeError, PermissionDenied, Unavailable
 from shared.fanout import SourceFailed
 from shared.nodes import open_node
 from shared.nodes.annex import AnnexNode, parse_annex_url
@@ -366,3 +366,44 @@ def test_local_node_ignores_the_callers_repository_environment(
     node.store(key, io.BytesIO(data), len(data))
     assert objects(repo) == [key.file_name]
     node.close()
+
+
+class _ChangedWhileSent:
+    """A peer that sends some bytes, then INVALID (the object changed or was dropped
+    while it was read), then no longer has the key: git-annex-shell's answers when a
+    drop races a download. Timing that with a real repository is not reliable."""
+
+    usable = True
+
+    def get(self, key: object, sink: io.BytesIO, offset: int = 0, **_: object) -> tuple[int, bool]:
+        sink.write(bytes(40_000))
+        return 40_000, False
+
+    def checkpresent(self, key: object) -> bool:
+        return False
+
+    def settimeout(self, timeout: float) -> None:  # and its own stream
+        pass
+
+    def stderr_text(self) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+def test_invalid_after_bytes_is_wrong_content_not_absence(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Absence would let the next node continue after the bytes already written."""
+    node = AnnexNode(parse_node(f"r=annex://{repo}"))
+    peer = _ChangedWhileSent()
+
+    def session() -> _ChangedWhileSent:
+        node._stream = peer  # type: ignore[assignment]
+        return peer
+
+    monkeypatch.setattr(node, "_session", session)
+    data = payload(100_000)
+    with pytest.raises(IntegrityError):
+        node.retrieve(make_key(data), io.BytesIO())

@@ -398,6 +398,19 @@ def test_retrieve_starts_over_after_a_node_sent_wrong_content(
     assert [c.offset for c in nodes["n1"].ops("retrieve")] == [0]
 
 
+def test_a_failed_retrieve_leaves_no_wrong_byte_behind(
+    make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]], tmp_path: Path
+) -> None:
+    """git-annex keeps a failed download to resume it, from any remote, next time: what
+    a node whose copy proved wrong wrote must not be in it, even when no node is left."""
+    cluster, nodes, key, _ = wrong_on_the_first_node(make_cluster, src)
+    nodes["n1"].fail("retrieve", Unavailable)
+    dest = tmp_path / "out"
+    with pytest.raises(RetrieveFailed):
+        cluster.retrieve(key, str(dest))
+    assert dest.read_bytes() == b""
+
+
 def test_retrieve_stream_never_continues_wrong_content(
     make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
 ) -> None:

@@ -106,6 +106,26 @@ def test_remove_refuses_a_node_with_content_unless_forced(
     assert proc.returncode == 1 and "at least one node" in proc.stderr
 
 
+def test_changing_the_layout_of_a_node_with_content_is_refused_unless_forced(
+    cluster: Repo, node_dirs: list[Path]
+) -> None:
+    """chunk=/encryption=/mac= decide the objects' names: changed on a node that holds
+    some, git-annex would be told they are gone, and a drop would leave them in place."""
+    cluster.write("f.bin", b"z" * 5000)
+    cluster.annex("add", "f.bin")
+    cluster.annex("copy", "--to", "cl", "f.bin")
+    holder = "n1" if objects_in(node_dirs[0]) else "n2"
+    empty = "n2" if holder == "n1" else "n1"
+    before = cluster.run("git", "cat-file", "blob", "git-annex:remote.log").stdout
+    proc = cli(cluster, "nodes", "set", "cl", holder, "chunk=1MiB", check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"changing chunk= of node {holder} would hide what it holds" in proc.stderr
+    assert cluster.run("git", "cat-file", "blob", "git-annex:remote.log").stdout == before
+    assert "changed node" in cli(cluster, "nodes", "set", "cl", empty, "chunk=1MiB").stdout
+    forced = cli(cluster, "nodes", "set", "cl", holder, "chunk=1MiB", "--force")
+    assert "changed node" in forced.stdout
+
+
 def test_status_reports_every_node_and_exits_1_when_one_is_down(
     cluster: Repo, node_dirs: list[Path]
 ) -> None:

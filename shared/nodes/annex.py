@@ -444,7 +444,9 @@ class AnnexNode(Node):
             expected = key.content_size
             if valid and (expected is None or offset + got == expected or offset >= expected):
                 return
-            present = client.checkpresent(key)
+            # Bytes already written are wrong whether or not the key is still there:
+            # "absent" would let the next node continue after them.
+            present = got > 0 or client.checkpresent(key)
         if not present:
             raise NotFound(f"{key} is not in {self.where}", self.name)
         raise IntegrityError(

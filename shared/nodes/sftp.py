@@ -400,9 +400,8 @@ class SFTPNode(Node):
         """Cut the kept bytes to ``offset`` and hand them to ``prefix``; then write the
         rest through SFTP, or return True when it is long enough for the exec path.
         Every reply is checked: a failed write, fsync or close is never committed."""
-        handle = _handle(sftp.batch([_open_rw(sftp, path)])[0])
-        if handle is None:
-            raise OSError(f"cannot open {path}")
+        handle = _handle(_ok(sftp.batch([_open_rw(sftp, path)])[0]))
+        assert handle is not None  # _ok raised the open's error
         try:
             reply = sftp.batch([(paramiko.sftp.CMD_FSTAT, (handle,))])[0]
             kept = _attrs(_ok(reply)).st_size or 0

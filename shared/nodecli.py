@@ -114,7 +114,9 @@ def _check_layout_kept(
     before = {s.name: s for s in old}
     for spec in new:
         was = before.get(spec.name)
-        changed = [p for p in LAYER_PARAMS if was and was.params.get(p) != spec.params.get(p)]
+        if was is None:
+            continue  # a new node holds nothing yet
+        changed = [p for p in LAYER_PARAMS if was.params.get(p) != spec.params.get(p)]
         if not changed:
             continue
         try:

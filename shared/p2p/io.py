@@ -30,8 +30,6 @@ from shared.p2p.engine import (
 )
 from shared.p2p.messages import MAX_VERSION, Message
 
-FILL_BLOCK = 1024 * 1024  # zeros sent per DATA chunk after a download went wrong
-
 BLOCK = 256 * 1024  # payload bytes per send; bounded whatever the object size
 RECV = 256 * 1024
 
@@ -569,7 +567,7 @@ class Server(_Driver):
                 # on which git-annex discards the download rather than keep it to resume.
                 self.log(f"reading {key}: {e}")
                 while sent < length:
-                    filler = bytes(min(FILL_BLOCK, length - sent))
+                    filler = bytes(min(BLOCK, length - sent))
                     self._write(self.conn.send_data(filler))
                     sent += len(filler)
                 self._send(m.Invalid())

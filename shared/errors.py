@@ -57,6 +57,12 @@ class IntegrityError(NodeError):
     """Content did not match what was expected (size or hash)."""
 
 
+class BadReplica(IntegrityError):
+    """A node holds something under the key's name that is not the key's content (a
+    wrong size, or bytes that fail the key's hash). It is a replica to repair, never a
+    copy: presence does not count it, a store replaces it, a read fails over from it."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether trying again later might succeed."""
     return isinstance(exc, Unavailable)

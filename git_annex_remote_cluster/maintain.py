@@ -7,17 +7,21 @@ run them in a clone that is up to date (``git annex sync`` or ``git annex merge`
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from git_annex_remote_cluster.operators import ClusterConfig
 from shared import locationlog, maintaincli
+from shared.badcopies import BadCopies, bad_copies_path
 from shared.errors import ConfigError
 from shared.keys import Key
 from shared.maintaincli import Logged
 from shared.nodes import Node, open_node
 from shared.nodes.base import KnownKeys
 from shared.nodeurl import parse_size
+from shared.remotelog import describe_uuid
 
 COMMAND = "git-annex-remote-cluster"
 
@@ -28,6 +32,19 @@ def add_parsers(sub: Any) -> None:
 
 def run(args: Any) -> int:
     config = ClusterConfig.load(args.remote)
+    with open_subject(config) as subject:
+        return maintaincli.run(args.command, args, subject)
+
+
+def key_health(config: ClusterConfig) -> dict[str, Any]:
+    """``status``'s count of keys short of copies and of the bad copies reads noted."""
+    with open_subject(config) as subject:
+        return maintaincli.key_health(subject)
+
+
+@contextlib.contextmanager
+def open_subject(config: ClusterConfig) -> Iterator[maintaincli.Subject]:
+    """The remote's nodes, opened as the remote opens them, for the commands."""
     specs = config.open_specs()
     if not specs:
         raise ConfigError(f"remote {config.name} has no nodes")
@@ -48,17 +65,21 @@ def run(args: Any) -> int:
     nodes: dict[str, Node] = {}
     try:
         for spec in specs:
-            nodes[spec.name] = open_node(spec, config.uuid)
-        subject = maintaincli.Subject(
+            nodes[spec.name] = open_node(spec, config.uuid, ownership=config.ownership())
+        copies = int(config.config.get("copies") or len(specs))
+        yield maintaincli.Subject(
             name=config.name,
             specs=specs,
             nodes=nodes,
-            copies=int(config.config.get("copies") or len(specs)),
+            copies=copies,
             command=COMMAND,
             known=known,
             logged=logged,
+            mincopies=int(config.config.get("mincopies") or copies),
+            bad=BadCopies(bad_copies_path(locationlog.git_dir(Path.cwd()), config.uuid)),
+            owner=config.uuid,
+            describe=describe_uuid,
         )
-        return maintaincli.run(args.command, args, subject)
     finally:
         for node in nodes.values():
             node.close()

@@ -19,11 +19,12 @@ from typing import Any
 
 from shared.cluster_remote import with_recorded
 from shared.errors import ClusterError, ConfigError
-from shared.nodecli import check_empty, edit, human_size, report, table
+from shared.nodecli import check_empty, check_owners, edit, human_size, report, table, takes_over
 from shared.nodeedit import describe
 from shared.nodes import open_node
+from shared.nodes.owner import Ownership
 from shared.nodeurl import NodeSpec, format_node_list, parse_node_list
-from shared.remotelog import annex_remote_config
+from shared.remotelog import annex_remote_config, describe_uuid
 
 
 @dataclass
@@ -54,10 +55,25 @@ class ClusterConfig:
             self.specs, self.config.get("nodeuuids", ""), self.config.get("nodeciphers", "")
         )
 
-    def write_nodes(self, specs: list[NodeSpec], cwd: Path | None = None) -> None:
-        """``git annex enableremote``: the remote checks every node before it is written."""
+    def ownership(self) -> Ownership:
+        """The remote as the owner of its nodes, as the commands name it to operators."""
+        return Ownership(
+            self.uuid,
+            describe=describe_uuid,
+            remedy=f"give {self.name} storage of its own, or take the node over with --force "
+            "on a command that writes the node list (nodes add|set|import), or with git annex "
+            f"enableremote {self.name} force=yes (that remote can then no longer write or "
+            "remove there)",
+        )
+
+    def write_nodes(
+        self, specs: list[NodeSpec], cwd: Path | None = None, take_over: bool = False
+    ) -> None:
+        """``git annex enableremote``: the remote checks every node before it is written
+        (``take_over``: with ``force=yes``, taking over nodes another remote owns)."""
+        force = ["force=yes"] if take_over else []
         proc = subprocess.run(
-            ["git", "annex", "enableremote", self.name, f"nodes={format_node_list(specs)}"],
+            ["git", "annex", "enableremote", self.name, f"nodes={format_node_list(specs)}", *force],
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -83,7 +99,10 @@ def cmd_nodes(args: Any) -> int:
     if result is None:
         return 0
     new, what = result
-    config.write_nodes(new)
+    take_over = takes_over(args)
+    if not take_over:  # (enableremote refuses them too, but would suggest force=yes)
+        check_owners(new, config.ownership())
+    config.write_nodes(new, take_over=take_over)
     report(args, config.name, f"{what}; other clones get the change with git annex sync", new)
     return 0
 
@@ -94,7 +113,7 @@ def cmd_nodes(args: Any) -> int:
 def probe(spec: NodeSpec, client_uuid: str | None) -> dict[str, Any]:
     """One node's health: reachable (with the error), latency, free space."""
     out: dict[str, Any] = describe(spec)
-    out.update(reachable=False, error=None, latency_ms=None, free=None, total=None)
+    out.update(reachable=False, error=None, latency_ms=None, free=None, total=None, owner=None)
     try:
         node = open_node(spec, client_uuid)
     except ClusterError as e:
@@ -108,6 +127,13 @@ def probe(spec: NodeSpec, client_uuid: str | None) -> dict[str, Any]:
         usage = node.usage()
         if usage is not None:
             out["free"], out["total"] = usage.free, usage.total
+        if node.records_owner:
+            out["owner"] = owner = node.owner()
+            if owner is not None and owner != client_uuid:
+                out["error"] = (
+                    f"belongs to {describe_uuid(owner)}, not to this remote: nothing is "
+                    "written to or removed from it"
+                )
     except ClusterError as e:
         out["error"] = str(e).removeprefix(f"node {spec.name}: ")
     finally:
@@ -132,8 +158,17 @@ def cmd_status(args: Any) -> int:
         "free": free,
         "copies": int(config.config.get("copies") or len(results)),
     }
+    from git_annex_remote_cluster.maintain import key_health  # (it builds on this module)
+
+    health = key_health(config)
+    summary.update(
+        keys=health["keys"],
+        short_of_copies=health["short_of_copies"],
+        short_of_mincopies=health["short_of_mincopies"],
+        bad_copies_noted=len(health["bad_copies_noted"]),
+    )
     if args.json:
-        print(json.dumps({"summary": summary, "nodes": results}, indent=2))
+        print(json.dumps({"summary": summary, "nodes": results, "keys": health}, indent=2))
     else:
         rows = [("NAME", "REACHABLE", "LATENCY", "FREE", "MAXSIZE", "STATE", "ZONE", "WEIGHT")]
         for r in results:
@@ -158,4 +193,23 @@ def cmd_status(args: Any) -> int:
             f"{summary['taking_new_data']} taking new data, copies={summary['copies']}, "
             f"{human_size(free)} free where known"
         )
-    return 0 if reachable == len(results) else 1
+        _print_health(config.name, summary, health)
+    healthy = not (health["short_of_copies"] or health["bad_copies_noted"] or health["unlisted"])
+    return 0 if reachable == len(results) and healthy else 1
+
+
+def _print_health(name: str, summary: dict[str, Any], health: dict[str, Any]) -> None:
+    listed = " (on the nodes that could be listed)" if health["unlisted"] else ""
+    print(
+        f"{name}: {health['keys']} key(s){listed}; {health['short_of_copies']} short of "
+        f"copies={summary['copies']}, {health['short_of_mincopies']} of them below mincopies"
+    )
+    if health["short_of_copies"]:
+        print(f"  run git-annex-remote-cluster repair {name} to give them their copies")
+    for entry in health["bad_copies_noted"][:20]:
+        print(f"  bad copy of {entry['key']} on node {entry['node']}: {entry['why']}")
+    if health["bad_copies_noted"]:
+        print(
+            f"  {len(health['bad_copies_noted'])} bad copy(ies) found by reads; "
+            f"run git-annex-remote-cluster fsck {name} --repair to replace them"
+        )

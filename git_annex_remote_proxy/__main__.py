@@ -8,10 +8,14 @@ import json
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from git_annex_remote_proxy import __version__
 from shared import maintaincli, nodecli
 from shared.errors import ClusterError
+
+if TYPE_CHECKING:
+    from git_annex_remote_proxy.config import GatewayConfig, Target
 
 
 def _protocol() -> int:
@@ -59,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("nodes", nargs="+", metavar="NAME=URL")
     add.add_argument("--copies", type=int)
     add.add_argument("--mincopies", type=int)
+    add.add_argument(
+        "--force", action="store_true", help="take over nodes another remote or target owns"
+    )
     ls = gsub.add_parser("list", help="list the targets")
     ls.add_argument("--json", action="store_true")
     rm = gsub.add_parser("remove", help="remove a target (its nodes keep their data)")
@@ -87,29 +94,53 @@ def _gateway_nodes(args: argparse.Namespace) -> int:
         return 0
     new, what = result
     config.add(target.name, [s.to_entry() for s in new], target.copies, target.mincopies)
+    _claim(config, config.target(target.name), nodecli.takes_over(args))
     config.save()
     nodecli.report(args, f"target {target.name}", f"{what} in {config.path}", new)
     return 0
+
+
+def _claim(config: GatewayConfig, target: Target, take_over: bool) -> None:
+    """Record the target as the owner of its nodes before the configuration is written;
+    refuse, naming the owner, a node another remote or target owns (unless
+    ``take_over``). A node that cannot be reached now is claimed by its first write."""
+    nodecli.check_owners(
+        target.specs(),
+        config.ownership(target),
+        claim=True,
+        take_over=take_over,
+        warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr),
+    )
 
 
 def _gateway_maintain(args: argparse.Namespace) -> int:
     """rebalance, repair and fsck of a target: the gateway has no git-annex repository,
     so encrypted nodes cannot be listed there (their names are HMACs of keys)."""
     from git_annex_remote_proxy.config import GatewayConfig
+    from git_annex_remote_proxy.gateway import bad_copies_path
+    from shared.badcopies import BadCopies
     from shared.nodes import Node, open_node
 
-    target = GatewayConfig.load(args.config).target(args.target)
+    config = GatewayConfig.load(args.config)
+    target = config.target(args.target)
     specs = target.specs()
     nodes: dict[str, Node] = {}
     try:
+        ownership = config.ownership(target)
         for spec in specs:
-            nodes[spec.name] = open_node(spec, target.uuid, trusted_source=False)
+            nodes[spec.name] = open_node(
+                spec, target.uuid, trusted_source=False, ownership=ownership
+            )
         subject = maintaincli.Subject(
             name=target.name,
             specs=specs,
             nodes=nodes,
             copies=target.copies or len(specs),
             command=f"{PROG} gateway" + (f" --config {args.config}" if args.config else ""),
+            mincopies=target.mincopies,
+            bad=BadCopies(bad_copies_path(config.path, target.uuid)),
+            owner=target.uuid,
+            describe=config.describe,
         )
         return maintaincli.run(args.action, args, subject)
     finally:
@@ -127,6 +158,7 @@ def _gateway(args: argparse.Namespace) -> int:
     if args.action == "add":
         config = GatewayConfig.load(args.config, missing_ok=True)
         target = config.add(args.target, args.nodes, args.copies, args.mincopies)
+        _claim(config, target, args.force)
         config.save()
         print(f"target {target.name} ({target.uuid}) in {config.path}")
         return 0

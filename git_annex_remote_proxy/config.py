@@ -29,6 +29,7 @@ from pathlib import Path
 
 from shared.errors import ConfigError
 from shared.nodes import generate_ciphers, with_ciphers
+from shared.nodes.owner import Ownership
 from shared.nodeurl import NAME_RE, NodeSpec, parse_node_list
 
 ENV_CONFIG = "GIT_ANNEX_REMOTE_PROXY_CONFIG"
@@ -159,6 +160,22 @@ class GatewayConfig:
 
     def by_uuid(self, uuid: str) -> Target | None:
         return next((t for t in self.targets.values() if t.uuid == uuid), None)
+
+    def describe(self, uuid: str) -> str:
+        """How operators know ``uuid`` here: a target of this gateway, or only the UUID
+        (a cluster remote, or another gateway's target)."""
+        target = self.by_uuid(uuid)
+        return f"target {target.name} of this gateway (UUID {uuid})" if target else f"UUID {uuid}"
+
+    def ownership(self, target: Target) -> Ownership:
+        """The target as the owner of its nodes (``shared.nodes.owner``)."""
+        return Ownership(
+            target.uuid,
+            describe=self.describe,
+            remedy=f"give target {target.name} storage of its own, or take the node over "
+            "with --force on a command that writes the target's nodes (gateway add, gateway "
+            "nodes add|set|import; the other owner can then no longer write or remove there)",
+        )
 
     def add(self, name: str, nodes: list[str], copies: int | None, mincopies: int | None) -> Target:
         """Add a target, or change the nodes of an existing one (its UUID stays).

@@ -29,8 +29,10 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from git_annex_remote_proxy import locks
 from git_annex_remote_proxy.config import GatewayConfig, Target
-from shared.cluster import Cluster, RemoveFailed, StoreOutcome
+from shared.badcopies import BadCopies
+from shared.cluster import Cluster, PresenceUnknown, RemoveFailed, StoreOutcome
 from shared.errors import ClusterError, ConfigError, IntegrityError
 from shared.keys import ContentVerifier, Key
 from shared.nodes import open_node
@@ -51,6 +53,9 @@ class _Busy(Exception):
     """A content lock is held the other way by another session."""
 
 
+_Held = tuple[Path, int]  # a content lock: its file, and the fd that holds it
+
+
 class ClusterBackend:
     """``shared.p2p.io.Backend`` over a cluster (a single-node target is a cluster of one)."""
 
@@ -67,7 +72,7 @@ class ClusterBackend:
         self.lock_dir = lock_dir
         # Locks belong to the storage, not to the target: targets may share a node.
         self._lock_names = [_node_lock_name(n.spec.url) for n in cluster.nodes]
-        self._locks: dict[Key, list[int]] = {}  # key -> fds holding its shared locks
+        self._locks: dict[Key, list[_Held]] = {}  # key -> its shared locks
 
         self._resume: tuple[Key, list[Node], int] | None = None  # from put_offset to store
         self.bypass(())  # even a client that sends no BYPASS must not start a cycle
@@ -97,7 +102,14 @@ class ClusterBackend:
                 raise ClusterError("every node of this target is already on the request's path")
             copies = min(self.cluster.copies, len(keep))
             mincopies = min(self.cluster.mincopies, copies)
-            self.cluster = Cluster(keep, copies, mincopies, log=_debug)
+            self.cluster = Cluster(
+                keep,
+                copies,
+                mincopies,
+                log=_debug,
+                bad=self.cluster.bad,
+                on_bad=self.cluster.on_bad,
+            )
 
     def present(self, key: Key) -> bool:
         return self.cluster.present(key)  # PresenceUnknown: the server answers ERROR
@@ -149,9 +161,17 @@ class ClusterBackend:
         )
 
     def _size(self, key: Key) -> int | None:
+        """The size to announce for a GET, when some node holds the key (any one will
+        do for a read, however many ``present`` wants)."""
         size = key.content_size
         if size is not None:
-            return size if self.cluster.present(key) else None
+            census = self.cluster.census(key)
+            if census.holders:
+                return size
+            if census.unknown and not census.bad:
+                detail = "; ".join(f"node {n}: {r}" for n, r in census.unknown.items())
+                raise PresenceUnknown(f"{key}: could not check {detail}")
+            return None
         for node in self.cluster.retrieve_order(key):
             with contextlib.suppress(Exception):
                 found = node.present(key)
@@ -212,61 +232,97 @@ class ClusterBackend:
     def remove(self, key: Key) -> tuple[bool, tuple[str, ...]]:
         everyone = [n.name for n in self.cluster.nodes]
         try:
-            fds = self._lock_fds(key, fcntl.LOCK_EX)
+            held = self._lock_all(key, fcntl.LOCK_EX)
         except _Busy:
             self.log(f"not removing {key}: another client holds it locked (LOCKCONTENT)")
             return False, ()
         try:
+            if (bad := self._bad_copies_only(key)) is not None:
+                return False, bad
             self.cluster.remove(key)
         except RemoveFailed as e:  # FAILURE(-PLUS): removed from the others only
             self.log(str(e))
             return False, self._uuids([n for n in everyone if n not in e.failed])
         finally:
-            _close_all(fds)
+            _release_all(held)
         return True, self._uuids(everyone)
+
+    def _bad_copies_only(self, key: Key) -> tuple[str, ...] | None:
+        """A REMOVE of a key whose bad copy a read found: remove the bad copies only,
+        and fail (None: no bad copy noted, remove as usual).
+
+        The bytes of a download cannot be taken back: when a node's copy proves wrong
+        at its end, the client has them all and only then hears INVALID. A stock
+        git-annex's ``fsck --from`` judges them anyway and answers with REMOVE, which
+        would go to every node, the good copies included. So the first REMOVE after a
+        bad copy was read removes that copy and fails (the client keeps recording the
+        key here; its next read gets a good copy); a REMOVE asked again, with no bad
+        copy noted any more, goes to every node."""
+        noted = self.cluster.bad.of(key)
+        nodes = [n for n in self.cluster.nodes if n.name in noted]
+        if not nodes:
+            return None
+        removed = []
+        for node in nodes:
+            try:
+                node.remove(key)
+                removed.append(node.name)
+            except Exception as e:
+                self.log(f"removing the bad copy of {key} from node {node.name}: {e}")
+        self.cluster.bad.forget(key, removed)
+        self.log(
+            f"not removing {key} from every node: a read found bad copies on "
+            f"{', '.join(n.name for n in nodes)} (removed from {', '.join(removed) or 'none'}); "
+            "the client may be acting on those bytes. Ask again to remove it everywhere."
+        )
+        return self._uuids(removed)
 
     def lock(self, key: Key) -> bool:
         """Shared locks on the key's lock file of each node, which every session of
         this gateway, through any target, takes exclusively before it removes the key
         from that node: while any client holds them, the key is not removed through
         this gateway (its process ending, for a lost connection, releases them). Then
-        the key must be present."""
+        the key must be present. The lock files go when their last holder lets go
+        (``git_annex_remote_proxy.locks``)."""
         try:
-            fds = self._lock_fds(key, fcntl.LOCK_SH)
+            held = self._lock_all(key, fcntl.LOCK_SH)
         except _Busy:  # being removed right now
             return False
-        if not fds:
+        if not held:
             return False
-        if not self.cluster.present(key):
-            _close_all(fds)
+        try:
+            present = self.cluster.present(key)
+        except BaseException:
+            _release_all(held)
+            raise
+        if not present:
+            _release_all(held)
             return False
-        self._locks[key] = fds
+        self._locks[key] = held
         return True
 
     def unlock(self, key: Key) -> None:
-        _close_all(self._locks.pop(key, []))
+        _release_all(self._locks.pop(key, []))
 
-    def _lock_fds(self, key: Key, how: int) -> list[int]:
-        """Fds holding ``how`` on the key's lock file of every node, none when there is
-        no lock directory; ``_Busy`` when another session holds one the other way."""
+    def _lock_all(self, key: Key, how: int) -> list[_Held]:
+        """``how`` held on the key's lock file of every node, none when there is no
+        lock directory; ``_Busy`` when another session holds one the other way."""
         if self.lock_dir is None:
             return []
         name = hashlib.md5(str(key).encode("utf-8", "surrogateescape")).hexdigest()
-        fds: list[int] = []
+        held: list[_Held] = []
         try:
             for node in self._lock_names:
                 where = self.lock_dir / node
                 where.mkdir(exist_ok=True, mode=0o700)
-                fd = os.open(where / name, os.O_RDWR | os.O_CREAT, 0o600)
-                fds.append(fd)
-                fcntl.flock(fd, how | fcntl.LOCK_NB)
+                held.append((where / name, locks.take(where / name, how)))
         except BlockingIOError:
-            _close_all(fds)
+            _release_all(held)
             raise _Busy from None
         except BaseException:
-            _close_all(fds)
+            _release_all(held)
             raise
-        return fds
+        return held
 
 
 def _node_lock_name(url: str) -> str:
@@ -275,9 +331,9 @@ def _node_lock_name(url: str) -> str:
     return hashlib.md5(url.rstrip("/").encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)
+def _release_all(held: list[_Held]) -> None:
+    for path, fd in held:
+        locks.release(path, fd)
 
 
 # -- the command ---------------------------------------------------------------------
@@ -392,15 +448,24 @@ def _check_allowed(target: Target, allow: Sequence[str]) -> None:
         raise ConfigError(f"target {target.name} is not allowed for this key")
 
 
+def bad_copies_path(config_path: Path, target_uuid: str) -> Path:
+    """Where a target's sessions note the bad copies their reads found (so that the
+    next session reads that node last, and ``gateway status``/``fsck`` report them):
+    ``state/<target uuid>/bad-copies`` beside the configuration file."""
+    return config_path.parent / "state" / target_uuid / "bad-copies"
+
+
 def _lock_dir(config_path: Path) -> Path | None:
     """``locks/`` beside the configuration file: shared by every session of this
-    gateway, one directory per node. None (no content locks) when it cannot be made."""
+    gateway, one directory per node. None (no content locks) when it cannot be made.
+    What sessions killed while they held a lock left there is removed."""
     where = config_path.parent / "locks"
     try:
         where.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
         _log(f"no content locks: cannot make {where}: {e.strerror}")
         return None
+    locks.sweep(where)
     return where
 
 
@@ -408,8 +473,17 @@ def _serve_target(target: Target, client_uuid: str | None, mode: str, config_pat
     specs = target.specs()
     # Uploads are verified only at their end: never resume over chunks an earlier,
     # unverified upload left (see shared.nodes.chunked).
-    nodes = [open_node(s, target.uuid, trusted_source=False) for s in specs]
-    cluster = Cluster(nodes, copies=target.copies, mincopies=target.mincopies, log=_debug)
+    # Nodes write and remove only while the target owns them (shared.nodes.owner).
+    ownership = GatewayConfig.load(config_path).ownership(target)
+    nodes = [open_node(s, target.uuid, trusted_source=False, ownership=ownership) for s in specs]
+    cluster = Cluster(
+        nodes,
+        copies=target.copies,
+        mincopies=target.mincopies,
+        log=_debug,
+        bad=BadCopies(bad_copies_path(config_path, target.uuid)),
+        on_bad=lambda key, node, why: _log(f"node {node} holds a bad copy of {key}: {why}"),
+    )
     backend = ClusterBackend(cluster, _log, target.uuid, _lock_dir(config_path))
     stream = _Stdio()
     try:

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 from shared.annexproto import AnnexMaster
 from shared.cluster_remote import ClusterRemote
 from shared.errors import ConfigError
+from shared.keys import Key
 from shared.nodeurl import NAME_RE, NodeSpec, parse_node
 
 DEFAULT_COMMAND = "git-annex-remote-proxy serve"
@@ -81,6 +82,13 @@ class ProxyRemote(ClusterRemote):
                 "annex+ssh://[user@]host[:port]/path"
             )
         return [parse_node(f"gateway={url}")]
+
+    def bad_copy_message(self, key: Key, node: str, why: str) -> str:
+        return (
+            f"the gateway sent a bad copy of {key} ({why}); it reads another node when "
+            "asked again. To replace it, on the gateway: git-annex-remote-proxy gateway "
+            "fsck TARGET --repair"
+        )
 
     def policy(self) -> tuple[int | None, int | None]:
         return 1, 1

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import BinaryIO
 
+from shared.badcopies import BadCopies
 from shared.errors import (
+    BadReplica,
     ClusterError,
     ConfigError,
     IntegrityError,
@@ -27,8 +29,8 @@ from shared.errors import (
     wrong_content,
 )
 from shared.fanout import QueueReader, fan_out
-from shared.keys import Key
-from shared.nodes.base import UNKNOWN_SIZE, CountingSink, Node, Readable, Usage, Writable
+from shared.keys import ContentVerifier, Key
+from shared.nodes.base import BLOCK, UNKNOWN_SIZE, CountingSink, Node, Readable, Usage, Writable
 from shared.nodeurl import DEFAULT_RESERVE
 from shared.placement import rendezvous_order, spread_over_zones
 from shared.verify import VerifiedReader
@@ -78,6 +80,17 @@ class RetrieveFailed(ClusterError):
     pass
 
 
+@dataclass
+class Census:
+    """What the nodes answered about one key."""
+
+    holders: list[str] = field(default_factory=list)  # confirmed, with the right size
+    absent: list[str] = field(default_factory=list)
+    bad: dict[str, str] = field(default_factory=dict)  # node -> why its copy is wrong
+    unknown: dict[str, str] = field(default_factory=dict)  # node -> why it did not answer
+    size: int | None = None  # as a holder told it
+
+
 class PresenceUnknown(ClusterError):
     pass
 
@@ -99,10 +112,16 @@ class Cluster:
         copies: int | None = None,
         mincopies: int | None = None,
         log: Callable[[str], None] | None = None,
+        bad: BadCopies | None = None,
+        on_bad: Callable[[Key, str, str], None] | None = None,
     ):
         """``log`` receives one line per notable step (which node, which offset, what
-        failed); the remote sends them to git-annex's --debug output."""
+        failed); the remote sends them to git-annex's --debug output. ``bad`` keeps
+        the bad copies reads find (in memory when None); ``on_bad`` is told of each
+        (key, node, why) as it is found."""
         self._log = log or (lambda _msg: None)
+        self.bad = bad if bad is not None else BadCopies()
+        self.on_bad = on_bad
         if not nodes:
             raise ConfigError("a cluster needs at least one node")
         self.nodes = list(nodes)
@@ -123,7 +142,6 @@ class Cluster:
             raise ConfigError(
                 f"mincopies={self.mincopies} must be between 1 and copies={self.copies}"
             )
-        self._spoilt: set[tuple[str, str]] = set()  # (key, node) that sent wrong content
         self._room_lock = threading.Lock()
         self._used: dict[str, int] = {}  # bytes held, counted once, then kept up to date
         self._free: dict[str, tuple[float, Usage | None]] = {}  # (when asked, answer)
@@ -201,7 +219,9 @@ class Cluster:
             self._free[node.name] = (now, usage)
         return usage
 
-    def _count_stored(self, names: list[str], size: int) -> None:
+    def _count_stored(self, key: Key, names: list[str], size: int) -> None:
+        """Keep free space and bytes held up to date after a store to ``names``, whose
+        copies are good now (a bad one noted before was replaced)."""
         with self._room_lock:
             for name in names:
                 if name in self._used:
@@ -210,6 +230,7 @@ class Cluster:
                 if asked is not None and asked[1] is not None:
                     free = asked[1]
                     self._free[name] = (asked[0], Usage(free.free - size, free.total))
+        self.bad.forget(key, names)
 
     # -- store --------------------------------------------------------------
 
@@ -235,7 +256,7 @@ class Cluster:
             if progress is not None and sent:
                 progress(-sent)  # this wave starts over from byte 0
             sent = self._store_wave(key, path, size, wave, outcome, progress)
-        self._count_stored(outcome.stored, size)
+        self._count_stored(key, outcome.stored, size)
         if outcome.copies < self.mincopies:
             for name in skipped:
                 outcome.failed.setdefault(name, "takes no new data (readonly, drain or weight 0)")
@@ -261,14 +282,19 @@ class Cluster:
         wrote: dict[str, bool] = {}
         results = self._fan_out(source, wave, wrote, progress or (lambda _n: None), key, size)
         self._judge(key, wave, wrote, results, outcome, 0)
-        return self._settle(outcome, size, order, full)
+        return self._settle(key, outcome, size, order, full)
 
     def _settle(
-        self, outcome: StoreOutcome, size: int, order: list[Node], full: dict[str, str]
+        self,
+        key: Key,
+        outcome: StoreOutcome,
+        size: int,
+        order: list[Node],
+        full: dict[str, str],
     ) -> StoreOutcome:
         """Count what was stored; StoreFailed, naming every node passed over, when fewer
         than mincopies hold the key."""
-        self._count_stored(outcome.stored, size)
+        self._count_stored(key, outcome.stored, size)
         if outcome.copies < self.mincopies:
             for n in self.nodes:
                 if n not in order:
@@ -308,7 +334,7 @@ class Cluster:
 
         results = fan_out(source, {n.name: consumer(n) for n in wave}, None, self._store_pool)
         self._judge(key, wave, wrote, results, outcome, 0)
-        return self._settle(outcome, size, self.store_order(key), {})
+        return self._settle(key, outcome, size, self.store_order(key), {})
 
     def _store_wave(
         self,
@@ -343,8 +369,14 @@ class Cluster:
         key: Key,
         size: int,
     ) -> dict[str, BaseException | None]:
+        noted = self.bad.of(key)
+
         def consumer(node: Node) -> Callable[[QueueReader], None]:
             def store(reader: QueueReader) -> None:
+                if node.name in noted:
+                    # Its copy is bad, and may look present (a flipped bit keeps the
+                    # size): remove it, so that the store writes the good one.
+                    node.remove(key)
                 wrote[node.name] = node.store(key, reader, size)
 
             return store
@@ -376,101 +408,200 @@ class Cluster:
         ranked = self.order(key)
         return sorted(ranked, key=lambda n: (n.cost, ranked.index(n)))
 
+    def _bad_copy(self, key: Key, node: str, why: str) -> None:
+        """Note a node's wrong copy (for later reads, ``status`` and ``fsck``) and tell
+        whoever runs us, in one line."""
+        self._log(f"{key}: node {node} holds a bad copy: {why}")
+        self.bad.note(key, node, why)
+        if self.on_bad is not None:
+            self.on_bad(key, node, why)
+
     def retrieve(self, key: Key, path: str, progress: Progress | None = None) -> str:
         """Fill ``path`` with the key's content, resuming what is there; return the node used.
 
         Writes are strictly sequential (git-annex is told ORDERED). After a node
-        fails mid-way, the next node continues from what has been written.
+        fails mid-way, the next node continues from what has been written. Every
+        byte is checked against the key (its size, and its hash where the key has
+        one; what a resumed download already holds is hashed first): a node whose
+        copy proves wrong is noted as holding a bad copy, what it wrote is dropped,
+        and the next node starts from byte 0. Only when every node answered and every
+        copy found is bad does git-annex get the last one, to judge for itself as it
+        would any remote's content (``fsck --from`` then removes copies that are all
+        bad); when a node could not be read, the get fails instead, since that node
+        may hold the one good copy.
         """
         errors: dict[str, str] = {}
         absent: list[str] = []
-        sink = _ProgressSink(path, progress)
+        bad: dict[str, str] = {}
+        noted = self.bad.of(key)
+        sink = _VerifiedFile(path, key, progress)
         with sink:
-            for node in self.retrieve_order(key):
+            order = sorted(self.retrieve_order(key), key=lambda n: n.name in noted)
+            i = 0
+            while i < len(order):
+                node = order[i]
                 offset = sink.position()
                 try:
                     if offset:
                         size = node.present(key)
                         if size is None:
                             absent.append(node.name)
+                            i += 1
                             continue
                         if size == UNKNOWN_SIZE or offset > size:
                             # (Unknown: continuing might glue the ends of two different
                             # objects together, so start over.)
                             offset = sink.restart()
                     self._log(f"get {key}: from node {node.name}, starting at byte {offset}")
+                    sink.starting(node.name)
                     node.retrieve(key, sink, offset)
+                    sink.check()
+                    sink.publish()
+                    if node.name in noted:
+                        self.bad.forget(key, [node.name])  # replaced since it was noted
                     return node.name
                 except NotFound:
                     absent.append(node.name)
                 except Exception as e:
-                    errors[node.name] = error_line(e)
-                    if wrong_content(e):  # no wrong byte may outlive this attempt either
-                        sink.restart()
-                    self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
-        raise _retrieve_failed(key, errors, absent)
+                    why = error_line(e)
+                    if not wrong_content(e):
+                        errors[node.name] = why
+                        self._log(f"get {key}: node {node.name} failed: {why}")
+                    elif offset and not sink.whole_from(node.name):
+                        # Bytes kept from an earlier attempt (or node) may be the wrong
+                        # ones: this node gets one more chance, from byte 0.
+                        self._log(f"get {key}: node {node.name}: {why}; reading it whole")
+                        sink.discard(complete=False)
+                        continue
+                    else:
+                        bad[node.name] = why
+                        self._bad_copy(key, node.name, why)
+                        # No wrong byte may outlive this attempt.
+                        sink.discard(complete=isinstance(e, BadReplica) and sink.finished)
+                i += 1
+            if bad and not errors and sink.kept_whole():
+                # Every copy there is, is bad: git-annex gets the last one and judges it.
+                sink.publish()
+                return next(reversed(bad))
+            sink.drop_discarded()  # git-annex resumes from what it keeps: nothing wrong
+        raise _retrieve_failed(key, errors, absent, bad)
 
     def retrieve_stream(self, key: Key, sink: Writable, offset: int = 0) -> str:
         """Write the key's content from ``offset`` to ``sink``, falling over to the next
         node from where the last one stopped; return the node that finished it.
 
-        A node that turns out to have sent wrong content (an encrypted copy that does
-        not decrypt, a repository that says INVALID) cannot be continued by another:
-        what it sent is gone. That raises IntegrityError, and the caller must make the
-        receiver discard what it got."""
+        The content is checked against the key as it passes (its size, and its hash
+        when the stream starts at byte 0 and the key has one). A node whose copy
+        proves wrong cannot be continued by another: what it sent is gone. That
+        raises IntegrityError, and the caller must make the receiver discard what
+        it got; the copy is noted as bad, so that the next read of the key (the
+        client asks again) tries that node last."""
         errors: dict[str, str] = {}
         absent: list[str] = []
         counting = CountingSink(sink)
-        # Nodes that sent wrong content for this key before go last (the client asks again).
-        order = sorted(self.retrieve_order(key), key=lambda n: (str(key), n.name) in self._spoilt)
-        for node in order:
+        checked = _Checked(counting, key, offset)
+        noted = self.bad.of(key)
+        for node in sorted(self.retrieve_order(key), key=lambda n: n.name in noted):
             try:
-                node.retrieve(key, counting, offset + counting.count)
+                node.retrieve(key, checked, checked.start())
+                checked.check(node.name)
+                if node.name in noted:
+                    self.bad.forget(key, [node.name])
                 return node.name
             except NotFound:
                 absent.append(node.name)
             except Exception as e:
                 errors[node.name] = error_line(e)
                 self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
+                if wrong_content(e):
+                    self._bad_copy(key, node.name, errors[node.name])
                 if counting.count and wrong_content(e):
-                    self._spoilt.add((str(key), node.name))
                     raise IntegrityError(
                         f"{key}: node {node.name} sent wrong content ({errors[node.name]}) "
                         f"after {counting.count} bytes had gone out"
                     ) from e
-        raise _retrieve_failed(key, errors, absent)
+        raise _retrieve_failed(key, errors, absent, {})
 
     # -- presence -----------------------------------------------------------
 
-    def present(self, key: Key) -> bool:
-        """True when a node confirms; False only when every node answered no.
+    def census(self, key: Key, enough: int = 1) -> Census:
+        """Ask the nodes whether they hold ``key`` until ``enough`` confirm it or every
+        node has answered. The key's first nodes in placement order usually hold it,
+        so the first ``enough`` are asked at once (the very first alone when one is
+        enough: no thread) and the others only if those do not all confirm."""
+        census = Census()
+        order = self.order(key)
+        first, rest = order[:enough], order[enough:]
+        if len(first) == 1:
+            self._ask(first[0], key, census)
+        else:
+            self._ask_all(first, key, census)
+        if len(census.holders) < enough and rest:
+            self._ask_all(rest, key, census, enough)
+        return census
 
-        Raises PresenceUnknown when nobody confirmed and some node could not be asked.
-        The key's first node in placement order usually holds it, so it is asked
-        directly; only if it does not confirm are the others asked, in parallel.
-        """
-        first, *rest = self.order(key)
-        errors: dict[str, str] = {}
+    def _ask(self, node: Node, key: Key, census: Census) -> None:
         try:
-            if first.present(key) is not None:
-                return True
+            self._tally(node, key, node.present(key), census)
+        except BadReplica as e:
+            census.bad[node.name] = error_line(e)
+            self._bad_copy(key, node.name, census.bad[node.name])
         except Exception as e:
-            errors[first.name] = error_line(e)
-        futures: dict[Future[int | None], Node] = {
-            self._pool.submit(n.present, key): n for n in rest
+            census.unknown[node.name] = error_line(e)
+
+    def _ask_all(self, nodes: list[Node], key: Key, census: Census, enough: int = 0) -> None:
+        futures: dict[Future[None], Node] = {
+            self._pool.submit(self._ask, n, key, census): n for n in nodes
         }
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                try:
-                    if fut.result() is not None:
-                        return True
-                except Exception as e:
-                    errors[futures[fut].name] = error_line(e)
-        if errors:
-            detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
-            raise PresenceUnknown(f"not on the reachable nodes, and could not check {detail}")
+            _done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            if enough and len(census.holders) >= enough:
+                return  # the others' answers land in ``census`` as they come; unread
+
+    @staticmethod
+    def _tally(node: Node, key: Key, size: int | None, census: Census) -> None:
+        if size is None:
+            census.absent.append(node.name)
+        else:
+            census.holders.append(node.name)
+            if size != UNKNOWN_SIZE and census.size is None:
+                census.size = size
+
+    def present(self, key: Key, recorded: Callable[[Key], bool] | None = None) -> bool:
+        """What CHECKPRESENT (and LOCKCONTENT) answer: the cluster holds the key.
+
+        True when ``mincopies`` nodes confirm it. A key that no node confirms is
+        absent when every node answered, else PresenceUnknown. A key that fewer than
+        ``mincopies`` nodes hold is under-replicated, and ``recorded`` (whether
+        git-annex records the cluster as holding it) decides: if it does, the key was
+        stored whole and has lost copies since, so it is present (``repair`` tops it
+        up; ``fsck --from`` must not forget the copies that are left); if it does
+        not, a store never reached ``mincopies``, so the key is absent: git-annex
+        stores it again, which tops it up, and a drop never counts it. Without
+        ``recorded`` (a gateway has no location log) neither answer is safe:
+        PresenceUnknown, saying what to do.
+        """
+        census = self.census(key, self.mincopies)
+        have = len(census.holders)
+        if have >= self.mincopies:
+            return True
+        if have == 0:
+            if census.unknown:
+                detail = "; ".join(f"node {n}: {r}" for n, r in census.unknown.items())
+                raise PresenceUnknown(f"not on the reachable nodes, and could not check {detail}")
+            return False
+        held = ", ".join(census.holders)
+        if recorded is None:
+            raise PresenceUnknown(
+                f"on {have} node(s) ({held}), fewer than mincopies={self.mincopies}: "
+                "a store that fell short, or copies lost since; repair the cluster, or "
+                "store it again with copy --fast"
+            )
+        if recorded(key):
+            self._log(f"{key}: only on {held}, {self.mincopies} wanted; recorded as stored")
+            return True
+        self._log(f"{key}: only on {held}, {self.mincopies} wanted: absent until topped up")
         return False
 
     # -- remove -------------------------------------------------------------
@@ -484,24 +615,112 @@ class Cluster:
                 fut.result()
             except Exception as e:
                 failed[node.name] = error_line(e)
+        self.bad.forget(key, [n.name for n in self.nodes if n.name not in failed])
         if failed:
             raise RemoveFailed(key, failed)
 
 
-def _retrieve_failed(key: Key, errors: dict[str, str], absent: list[str]) -> RetrieveFailed:
-    """Why no node gave the key: their errors, or that none holds it."""
-    if errors:
-        detail = "; ".join(f"node {n}: {r}" for n, r in errors.items())
-        return RetrieveFailed(f"could not get {key} from any node ({detail})")
+def _retrieve_failed(
+    key: Key, errors: dict[str, str], absent: list[str], bad: dict[str, str]
+) -> RetrieveFailed:
+    """Why no node gave the key: their errors, their bad copies, or that none holds it."""
+    if errors or bad:
+        detail = "; ".join(
+            [f"node {n}: {r}" for n, r in errors.items()]
+            + [f"node {n} holds a bad copy: {r}" for n, r in bad.items()]
+        )
+        hint = (
+            " (run fsck --repair on the cluster to replace the bad copies)"
+            if bad and not errors
+            else ""
+        )
+        return RetrieveFailed(f"could not get {key} from any node ({detail}){hint}")
     return RetrieveFailed(f"{key} is on none of the nodes ({', '.join(absent)})")
 
 
-class _ProgressSink:
-    """The destination file, appended to sequentially, reporting progress as deltas."""
+class _Checked:
+    """A sink that counts and checks what passes on to a receiver that already holds
+    ``offset`` bytes: the size never past the key's, and the hash when the node's
+    copy is complete. Where the key has a hash, the first node is read from byte 0
+    and the bytes the receiver holds are hashed, not sent (a resumed download is
+    checked whole); a node that fails over continues where the last one stopped."""
 
-    def __init__(self, path: str, progress: Progress | None) -> None:
-        self._f: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed by __exit__
-        self._progress = progress
+    def __init__(self, sink: CountingSink, key: Key, offset: int) -> None:
+        self.sink, self.key, self.offset = sink, key, offset
+        self.verifier = ContentVerifier(key)
+        self.hashing = self.verifier.checks_hash
+        self.skip = 0  # bytes still to hash, not send
+        self.position = offset  # in the object, of the next byte to arrive
+
+    def start(self) -> int:
+        """Where the next node's read starts (and set up what is skipped)."""
+        if self.hashing and self.sink.count == 0:
+            self.verifier = ContentVerifier(self.key)  # a failed first node's bytes are gone
+            self.skip, self.position = self.offset, 0
+        else:
+            self.skip, self.position = 0, self.offset + self.sink.count
+        return self.position
+
+    def write(self, data: bytes) -> None:
+        size = self.key.content_size
+        if size is not None and self.position + len(data) > size:
+            raise BadReplica(f"{self.key}: the copy is longer than the key's {size} bytes")
+        self.position += len(data)
+        if self.hashing:
+            self.verifier.update(data)
+        if self.skip:
+            held = min(self.skip, len(data))
+            self.skip -= held
+            data = data[held:]
+        if data:
+            self.sink.write(data)
+
+    def check(self, node: str) -> None:
+        size = self.key.content_size
+        if size is not None and self.position != size:
+            raise BadReplica(
+                f"{self.key}: the copy ends after {self.position} of {size} bytes", node
+            )
+        if self.hashing:
+            try:
+                self.verifier.verify()
+            except IntegrityError as e:
+                raise BadReplica(str(e), node) from None
+
+
+class _VerifiedFile:
+    """The destination file, appended to sequentially, hashed as it grows (what a
+    resumed download already holds first), reporting progress as deltas.
+
+    The bytes go to ``PATH.cluster-part`` and are renamed to ``PATH`` (the file
+    git-annex asked for) once they proved right, or, when the get fails, to be
+    resumed from. git-annex follows ``PATH`` as it grows and hashes what it reads
+    (``tailVerify``); it cannot be told that bytes it read were taken back, so a
+    node's copy that proves wrong must never have been written there. (Not a copy
+    of the content: the same file, renamed. A partial ``PATH`` is renamed to the
+    side at the start, and a side file a killed get left is continued.)
+
+    Dropping what a bad node wrote is lazy (``discard``): the file is emptied when
+    the next node writes its first byte, so that when no other node has the key,
+    the last bad copy is still there for git-annex to judge."""
+
+    def __init__(self, path: str, key: Key, progress: Progress | None) -> None:
+        self._path, self._part = path, path + ".cluster-part"
+        try:
+            if os.path.getsize(path) > 0:  # git-annex's partial file: continue it
+                os.replace(path, self._part)
+        except FileNotFoundError:
+            pass  # none, or our side file from a get that was killed
+        self._f: BinaryIO = open(self._part, "a+b")  # noqa: SIM115 - closed by __exit__
+        self._key, self._progress = key, progress
+        self._verifier = ContentVerifier(key)
+        self._pending = False  # discard() called, nothing written since
+        self._kept_whole = False  # what discard() left is a bad node's complete copy
+        self.finished = False  # the node writing now said it was done
+        self._writer: str | None = None  # the node that wrote every byte there, if one did
+        self._f.seek(0)
+        while block := self._f.read(BLOCK):
+            self._verifier.update(block)
         self._report(self._f.tell())
 
     def _report(self, delta: int) -> None:
@@ -509,23 +728,77 @@ class _ProgressSink:
             self._progress(delta)
 
     def position(self) -> int:
-        return self._f.tell()
+        return 0 if self._pending else self._f.tell()
 
     def restart(self) -> int:
-        """Drop what is there: not a prefix of the object (longer than it, or written
-        by a node whose copy proved wrong)."""
+        """Drop what is there: not a prefix of the object (longer than it)."""
         self._report(-self._f.tell())
         self._f.seek(0)
         self._f.truncate(0)
+        self._verifier = ContentVerifier(self._key)
+        self._pending = self._kept_whole = False
+        self._writer = None
         return 0
 
+    def discard(self, complete: bool) -> None:
+        """What is there is wrong: the next write starts the file over. ``complete``:
+        it is the whole of a node's copy, as the node has it."""
+        self._pending = True
+        self._kept_whole = complete
+
+    def drop_discarded(self) -> None:
+        """Empty the file now if what is there was discarded."""
+        if self._pending:
+            self.restart()
+
+    def whole_from(self, node: str) -> bool:
+        """Whether ``node`` wrote every byte there (so a wrong result is its own)."""
+        return self._writer == node
+
+    def kept_whole(self) -> bool:
+        """Whether a complete, discarded copy is still there (see the class docstring)."""
+        return self._pending and self._kept_whole
+
     def write(self, data: bytes) -> int:
+        if self._pending:
+            self.restart()
+        size = self._key.content_size
+        if size is not None and self._f.tell() + len(data) > size:
+            raise BadReplica(f"{self._key}: the copy is longer than the key's {size} bytes")
         n = self._f.write(data)
+        self._verifier.update(data)
         self._report(n)
         return n
 
-    def __enter__(self) -> _ProgressSink:
+    def starting(self, node: str) -> None:
+        self.finished = False
+        if self._f.tell() == 0 or self._pending:
+            self._writer = node
+        elif self._writer != node:
+            self._writer = None
+
+    def check(self) -> None:
+        """The node is done: raise BadReplica unless the content is the key's."""
+        self.finished = True
+        try:
+            self._verifier.verify()
+        except IntegrityError as e:
+            raise BadReplica(str(e)) from None
+
+    def publish(self) -> None:
+        """Hand the bytes to git-annex: rename them to the file it asked for."""
+        self._f.flush()
+        os.replace(self._part, self._path)
+
+    def __enter__(self) -> _VerifiedFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._f.close()
+        try:
+            if self._pending or os.path.getsize(self._part) == 0:
+                os.unlink(self._part)  # nothing worth resuming
+            else:
+                os.replace(self._part, self._path)  # a good prefix: git-annex resumes it
+        except FileNotFoundError:
+            pass  # published

@@ -9,11 +9,13 @@ where the node list comes from (``node_specs``).
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 from annexremote import RemoteError
 
 from shared.annexproto import AnnexMaster, Remote
+from shared.badcopies import BadCopies, bad_copies_path
 from shared.cluster import (
     Cluster,
     PresenceUnknown,
@@ -21,10 +23,13 @@ from shared.cluster import (
     RetrieveFailed,
     StoreFailed,
 )
-from shared.errors import ClusterError, InvalidKey
+from shared.errors import ClusterError, InvalidKey, PermissionDenied
 from shared.keys import Key
-from shared.nodes import generate_ciphers, open_node, with_ciphers
+from shared.locationlog import records
+from shared.nodes import Node, generate_ciphers, open_node, with_ciphers
+from shared.nodes.owner import Ownership, refusal
 from shared.nodeurl import NodeSpec, parse_node_list
+from shared.remotelog import describe_uuid, remote_names
 
 CONFIGS = {
     "nodes": "the cluster's nodes, whitespace-separated NAME=URL entries "
@@ -41,6 +46,8 @@ CONFIGS = {
     "nodeciphers": "recorded by initremote/enableremote: the ciphers of nodes with "
     "encryption=shared (NAME=BASE64 ...), generated once and never replaced, so that "
     "every clone reads what any clone wrote",
+    "force": "force=yes at initremote/enableremote: take over nodes that another remote "
+    "owns (that remote can then no longer write or remove there); not stored",
 }
 
 
@@ -79,15 +86,20 @@ def with_recorded(specs: list[NodeSpec], nodeuuids: str, nodeciphers: str) -> li
 
 
 _IDENTIFIED = ("annex", "annex+ssh", "gateway+ssh")  # nodes with a UUID of their own
+_MARKED = ("file", "sftp", "s3")  # nodes whose storage records its owner
 
 
 class ClusterRemote(Remote):
-    ordered = True  # retrieve writes the file sequentially, so git-annex proxies can stream it
+    # UNORDERED: retrieve writes its file sequentially, but only once the bytes proved
+    # right does it put them where git-annex asked (see shared.cluster._VerifiedFile),
+    # and a git-annex proxying this remote must not stream bytes that may be taken back.
+    ordered = False
 
     def __init__(self, annex: AnnexMaster) -> None:
         super().__init__(annex)
         self.configs = dict(CONFIGS)
         self._cluster: Cluster | None = None
+        self._gitdir: Path | None = None
 
     # -- configuration ------------------------------------------------------
 
@@ -110,12 +122,52 @@ class ClusterRemote(Remote):
                 self.annex.getconfig("nodeciphers"),
             )
             repos += [s.name for s in specs if s.scheme == "gateway+ssh"]
-            uuid = self.annex.getuuid() if repos else None
-            nodes = [open_node(s, uuid) for s in specs]
+            marked = any(s.scheme in _MARKED for s in specs)
+            uuid = self.annex.getuuid() if repos or marked else None
+            ownership = self._ownership(uuid) if uuid and marked else None
+            nodes = [open_node(s, uuid, ownership=ownership) for s in specs]
             copies, mincopies = self.policy()
-            return Cluster(nodes, copies=copies, mincopies=mincopies, log=self.annex.debug)
+            return Cluster(
+                nodes,
+                copies=copies,
+                mincopies=mincopies,
+                log=self.annex.debug,
+                bad=BadCopies(self._bad_copies_path()),
+                on_bad=self._say_bad,
+            )
         except ClusterError as e:
             raise RemoteError(str(e)) from e
+
+    def _git_dir(self) -> Path:
+        if self._gitdir is None:
+            self._gitdir = Path(self.annex.getgitdir()).absolute()
+        return self._gitdir
+
+    def _bad_copies_path(self) -> Path | None:
+        """``.git/annex/cluster/<remote uuid>/bad-copies``: the bad copies this clone's
+        reads found, read by ``status`` and ``fsck`` (see ``shared.badcopies``)."""
+        try:
+            return bad_copies_path(self._git_dir(), self.annex.getuuid())
+        except Exception:  # a git-annex that cannot tell: keep them in memory
+            return None
+
+    def _say_bad(self, key: Key, node: str, why: str) -> None:
+        self.annex.say(self.bad_copy_message(key, node, why))
+
+    def bad_copy_message(self, key: Key, node: str, why: str) -> str:
+        """The one line git-annex shows when a node's copy proves wrong."""
+        return (
+            f"node {node} holds a bad copy of {key} ({why}); reading the other nodes. "
+            "To replace it: git-annex-remote-cluster fsck REMOTE --repair"
+        )
+
+    def _recorded(self, key: Key) -> bool:
+        """Whether git-annex records this remote as holding ``key`` (its location log)."""
+        try:
+            return records(key, self.annex.getuuid(), self._git_dir())
+        except Exception as e:  # cannot tell: the stricter answer (a store tops it up)
+            self.annex.debug(f"{key}: cannot read the location log: {e}")
+            return False
 
     def _record_ciphers(self) -> None:
         """Generate a cipher for each encrypting node that has none (see
@@ -161,25 +213,87 @@ class ClusterRemote(Remote):
             self._cluster = self._load()
         return self._cluster
 
+    def _ownership(self, uuid: str) -> Ownership:
+        """This remote as the owner of its nodes (``shared.nodes.owner``): others are
+        named as this repository knows them."""
+
+        def remedy() -> str:
+            name = next(iter(remote_names(uuid)), "NAME")
+            return (
+                f"remove the node from the node list of {name}, or take the node over with "
+                f"git annex enableremote {name} force=yes"
+            )
+
+        return Ownership(uuid, describe=describe_uuid, remedy=remedy)
+
     def initremote(self) -> None:
-        """Check every node; record the UUIDs of repository nodes and the ciphers of
-        encrypting nodes (enableremote too)."""
+        """Check every node; claim the nodes that record their owner (refusing those
+        another remote owns, unless ``force=yes``); record the UUIDs of repository
+        nodes and the ciphers of encrypting nodes (enableremote too)."""
+        force = self.annex.getconfig("force").strip().lower()
+        if force not in ("", "no", "false", "yes", "true"):
+            raise RemoteError(f"force={force}: give force=yes or leave it out")
         self._record_ciphers()
         cluster = self._load(recorded=False)
+        me = self.annex.getuuid() if any(n.records_owner for n in cluster.nodes) else ""
+        take_over = force in ("yes", "true")
         problems = []
         uuids = []
+        unclaimed: list[tuple[Node, str | None]] = []
         for node in cluster.nodes:
             try:
                 node.check()
+                if node.records_owner and (owner := self._owner(node, me, take_over)) != me:
+                    unclaimed.append((node, owner))
             except ClusterError as e:
                 problems.append(str(e))
             if node.uuid is not None:
                 uuids.append(f"{node.name}={node.uuid}")
+        if not problems:  # a refused remote claims nothing: it does not exist
+            for node, owner in unclaimed:
+                try:
+                    self._claim(node, me, owner, take_over)
+                except ClusterError as e:
+                    problems.append(str(e))
         cluster.close()
+        if force:  # an instruction for this run, never part of the stored configuration
+            self.annex.setconfig("force", "")
         if problems:
             raise RemoteError("; ".join(problems))
         if uuids or self.annex.getconfig("nodeuuids"):
             self.annex.setconfig("nodeuuids", " ".join(uuids))
+
+    def _owner(self, node: Node, me: str, take_over: bool) -> str | None:
+        """The node's recorded owner; a refusal naming it when that is another remote
+        (unless ``take_over``)."""
+        owner = node.owner()
+        if owner is not None and owner != me and not take_over:
+            other = next(iter(remote_names(owner)), "OTHER")
+            remedy = (
+                "give this remote storage of its own, create it as the same remote as that "
+                f"one (git annex initremote NAME --sameas={other} ...), or take the node "
+                "over with force=yes (that remote can then no longer write or remove there)"
+            )
+            raise ClusterError(
+                refusal(node.name, node.spec.url, owner, Ownership(me, describe_uuid, remedy))
+            )
+        return owner
+
+    def _claim(self, node: Node, me: str, owner: str | None, take_over: bool) -> None:
+        """Record this remote (``me``) as the owner of a node that had ``owner``. A clone
+        that may only read the storage cannot record it: the first write claims it."""
+        try:
+            now = node.claim(me, take_over=take_over)
+        except PermissionDenied as e:
+            if owner is not None:
+                raise
+            self.annex.say(
+                f"node {node.name}: cannot record this remote as its owner yet ({e}); "
+                "the first write claims it"
+            )
+            return
+        if now != me:  # another remote's first claim came just before ours
+            raise ClusterError(f"node {node.name} was just claimed by {describe_uuid(now)}")
 
     def prepare(self) -> None:
         cluster = self.cluster
@@ -230,7 +344,7 @@ class ClusterRemote(Remote):
     def checkpresent(self, key: str) -> bool:
         k = self._key(key)
         try:
-            return self.cluster.present(k)
+            return self.cluster.present(k, self._recorded)
         except PresenceUnknown as e:
             raise RemoteError(str(e)) from e
 

@@ -45,6 +45,16 @@ class PermissionDenied(NodeError):
     """The node refused the operation."""
 
 
+class NotOwner(PermissionDenied):
+    """The node's storage records another remote (or gateway target) as its owner:
+    nothing of ours writes or removes there. ``owner`` is that UUID (None when the
+    record cannot be read as one)."""
+
+    def __init__(self, message: str, node: str | None = None, owner: str | None = None) -> None:
+        super().__init__(message, node)
+        self.owner = owner
+
+
 class NoSpace(NodeError):
     """The node is out of space or over its maxsize."""
 

@@ -12,9 +12,27 @@ The grammar is git-annex's ``BACKEND[-sN][-mN][-SN-CN]--NAME`` (``Types/Key.hs``
 * ``-S`` and ``-C`` only together, ``-S`` >= 1, ``-C`` >= 1 (git-annex accepts either
   alone, and ``-C0``);
 * the name must be non-empty, and the backend only ``[A-Za-z0-9_]``;
-* the escaped file name must fit one path component (255 bytes).
+* the escaped file name must fit one path component (255 bytes);
+* no ``.`` or ``..`` segment when the key is split at ``/`` (``WORM--x/../../KEY``).
 
 Non-UTF-8 bytes are carried as surrogateescape surrogates, as ``os.fsdecode`` gives.
+
+Keys and name spaces. A key may contain ``/``: git-annex's URL keys carry the URL
+(``git annex addurl --fast`` makes ``URL--https://example.com/a/b``), and they are
+users' data, so refusing ``/`` would lose them. Each kind of node names objects so
+that no key leaves the node's name space:
+
+* directory nodes (file://, sftp://) use ``file_name`` (git-annex's ``keyFile``):
+  ``/`` becomes ``%``, so a key is always one path component, never ``.``/``..``;
+* git-annex repositories get the key as text over P2P and name files by keyFile;
+* S3 nodes name objects ``prefix + key``, verbatim, because git-annex's S3 remote
+  does (``getBucketObject``: fileprefix ++ serializeKey) and a node must read and
+  write the same objects. S3 names are flat strings, but servers and proxies that
+  normalise URL paths would resolve ``.`` and ``..`` segments, reaching objects
+  outside the prefix or another bucket: such keys are refused here, before any
+  node sees them. Empty segments (``//``) stay allowed: every URL key has one
+  (``https://``) and many end in ``/``; an empty segment cannot climb out of a
+  prefix. A key never starts with ``/`` (the backend comes first).
 """
 
 from __future__ import annotations
@@ -37,6 +55,8 @@ MAX_EXTENSION_BYTES = 64  # git-annex's validKeyName, for backends ending in "E"
 _BACKEND_RE = re.compile(r"[A-Za-z0-9_]+")
 _PLAIN_RE = re.compile(r"[!-~]*")  # printable ASCII, no space: nearly every key
 _DIGITS = frozenset("0123456789")
+# A "." or ".." segment after a "/" (the key's first segment holds the backend).
+_DOT_SEGMENT_RE = re.compile(r"/\.\.?(?:/|$)")
 _FIELDS = ("s", "m", "S", "C")
 _MIXED_CHARS = "0123456789zqjxkmvwgpfZQJXKMVWGPF"
 
@@ -127,6 +147,11 @@ class Key:
             raise InvalidKey(f"{what}: unsafe file name")  # unreachable by construction
         if len(file_name.encode("utf-8", "surrogateescape")) > MAX_FILE_NAME_BYTES:
             raise InvalidKey(f"{what}: file name longer than {MAX_FILE_NAME_BYTES} bytes")
+        if "/." in self.name and _DOT_SEGMENT_RE.search(self.name):
+            raise InvalidKey(
+                f"{what}: has a '.' or '..' path segment, which could reach outside a "
+                "node's name space; refused"
+            )
 
     @property
     def content_size(self) -> int | None:

@@ -53,7 +53,7 @@ def present_uuids(text: str) -> set[str]:
     return {u for u, (_, here) in newest.items() if here}
 
 
-def _git_dir(cwd: Path) -> Path:
+def git_dir(cwd: Path) -> Path:
     proc = subprocess.run(
         ["git", "rev-parse", "--absolute-git-dir"],
         cwd=cwd,
@@ -68,7 +68,7 @@ def _git_dir(cwd: Path) -> Path:
 
 def _journal(cwd: Path) -> dict[str, Path]:
     """Branch path -> journal file, for location logs not yet committed."""
-    journal = _git_dir(cwd) / "annex" / "journal"
+    journal = git_dir(cwd) / "annex" / "journal"
     out: dict[str, Path] = {}
     try:
         entries = list(os.scandir(journal))
@@ -161,3 +161,22 @@ def keys_in(uuid: str, cwd: Path | None = None) -> Iterator[Key]:
         key = _key_of(path)
         if key is not None and uuid in present_uuids(file.read_text(errors="replace")):
             yield key
+
+
+def records(key: Key, uuid: str, git_dir: Path) -> bool:
+    """Whether the key's location log says ``uuid`` holds it (the journal's copy, not
+    yet committed, wins). One ``git cat-file`` per call: for rare questions only."""
+    path = f"{key.hashdirlower}{key.file_name}.log"
+    journal = git_dir / "annex" / "journal" / path.replace("_", "__").replace("/", "_")
+    try:
+        text = journal.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        proc = subprocess.run(
+            ["git", f"--git-dir={git_dir}", "cat-file", "blob", f"{BRANCH}:{path}"],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+        )
+        if proc.returncode != 0:
+            return False  # no log: nobody was ever recorded holding it
+        text = os.fsdecode(proc.stdout)
+    return uuid in present_uuids(text)

@@ -16,16 +16,19 @@ import random
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.errors import ClusterError, ConfigError
+from shared.badcopies import BadCopies
+from shared.cluster import error_line
+from shared.errors import ClusterError, ConfigError, NotOwner
 from shared.inventory import Inventory, take_inventory
 from shared.keys import Key
 from shared.mover import CheckResult, Mover, MoveResult, check_copy
 from shared.nodecli import human_size, table
 from shared.nodes import Node
 from shared.nodes.base import KnownKeys
+from shared.nodes.owner import plain
 from shared.nodeurl import NodeSpec, NodeState
 from shared.plan import Plan, make_plan
 from shared.progress import Progress
@@ -105,13 +108,48 @@ class Subject:
     command: str
     known: KnownKeys | None = None
     logged: Logged | None = None
+    mincopies: int | None = None
+    bad: BadCopies | None = None  # the bad copies reads found (shared.badcopies)
+    owner: str | None = None  # the subject's UUID: nodes another owns are left alone
+    describe: Callable[[str], str] = plain  # how to name another owner (its remote)
+    _foreign: dict[str, str] | None = field(default=None, init=False, repr=False)
+
+    def foreign(self) -> dict[str, str]:
+        """Nodes whose storage records another owner (``shared.nodes.owner``): name ->
+        why. The commands list nothing there and move nothing to, from or on them:
+        their objects are another remote's. Asked once; a node that cannot be asked is
+        left to the listing, which reports it."""
+        if self._foreign is None:
+            self._foreign = {}
+            if self.owner is not None:
+                marked = [n for n in self.nodes.values() if n.records_owner]
+                with ThreadPoolExecutor(max_workers=max(1, len(marked))) as pool:
+                    for node, why in zip(marked, pool.map(self._stranger, marked), strict=True):
+                        if why is not None:
+                            self._foreign[node.name] = why
+        return self._foreign
+
+    def _stranger(self, node: Node) -> str | None:
+        try:
+            owner = node.owner()
+        except NotOwner as e:
+            return error_line(e).removeprefix(f"node {node.name}: ")
+        except ClusterError:
+            return None
+        if owner is None or owner == self.owner:
+            return None  # ours, or claimed by the first write (storage from before markers)
+        return f"belongs to {self.describe(owner)}, not to {self.name}"
 
     def inventory(self) -> Inventory:
         def listed(name: str, count: int) -> None:
             if count and count % 100000 == 0:
                 print(f"listing {name}: {count} keys so far", file=sys.stderr)
 
-        return take_inventory(list(self.nodes.values()), self.known, listed=listed)
+        foreign = self.foreign()
+        nodes = [n for n in self.nodes.values() if n.name not in foreign]
+        inv = take_inventory(nodes, self.known, listed=listed)
+        inv.unlisted.update(foreign)  # never empty, never a holder, never a target
+        return inv
 
 
 def run(command: str, args: Any, subject: Subject) -> int:
@@ -134,6 +172,16 @@ def _emit(args: Any, data: dict[str, Any]) -> None:
 
 def _rebalance(args: Any, c: Subject) -> int:
     inv = c.inventory()
+    foreign = c.foreign()
+    if foreign:
+        which = "; ".join(f"node {name} {why}" for name, why in foreign.items())
+        first = next(iter(foreign))
+        raise ClusterError(
+            f"cannot rebalance {c.name}: {which}. Nothing is moved to, from or on another "
+            f"remote's node (its objects are not {c.name}'s): remove the node from the list "
+            f"({c.command} nodes remove {c.name} {first}), or take it over (see 'One owner "
+            "per node' in docs/operators.md)"
+        )
     if inv.unlisted:
         which = "; ".join(f"node {n}: {why}" for n, why in inv.unlisted.items())
         raise ClusterError(
@@ -174,7 +222,7 @@ def _report_and_apply(
         _emit(args, out)
         return 0 if not plan.short else 1
     progress = Progress(what, len(plan.moves), plan.bytes_to_copy)
-    mover = Mover(c.nodes, c.copies, progress)
+    mover = Mover(c.nodes, c.copies, progress, bad=c.bad)
     results, finished = mover.run(plan.moves, jobs=args.jobs)
     progress.finish()
     summary = _summarise(results)
@@ -210,7 +258,10 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
 
 def _print_plan(c: Subject, inv: Inventory, plan: Plan, what: str) -> None:
     for name, why in inv.unlisted.items():
-        print(f"node {name} could not be listed: {why}")
+        if name in c.foreign():
+            print(f"node {name} is left alone: it {why}")
+        else:
+            print(f"node {name} could not be listed: {why}")
     for name in inv.asked:
         print(f"node {name} cannot list its keys: each known key was asked for instead")
     rows = [("NODE", "STATE", "KEYS", "+KEYS", "+BYTES", "-KEYS", "-BYTES", "KEYS AFTER")]
@@ -327,6 +378,7 @@ def _fsck(args: Any, c: Subject) -> int:
     short = {
         k: len(inv.holders_of(k)) for k in inv.key_texts() if len(inv.holders_of(k)) < c.copies
     }
+    noted = _settle_bad_copies(c, results, repaired)
     lost = _lost(c, inv)
     counts = {s: sum(1 for r in results if r.status == s) for s in _STATUSES}
     out = {
@@ -340,18 +392,27 @@ def _fsck(args: Any, c: Subject) -> int:
         "repaired": repaired,
         "unlisted": inv.unlisted,
         "short_of_copies": short,
+        "bad_copies_noted": noted,
         "lost": lost,
     }
     if args.json:
         _emit(args, out)
     else:
         for name, why in inv.unlisted.items():
-            print(f"node {name} could not be listed (not checked): {why}")
+            if name in c.foreign():
+                print(f"node {name} not checked: it {why}")
+            else:
+                print(f"node {name} could not be listed (not checked): {why}")
         for r in bad:
             fix = repaired.get(r.key, {}).get(r.node)
             print(f"{r.key} on {r.node}: {r.status}: {r.detail}" + (f"; {fix}" if fix else ""))
         for key, n in list(short.items())[:20]:
             print(f"{key}: {n} of {c.copies} copies (run {c.command} repair {c.name})")
+        for entry in noted[:20]:
+            print(
+                f"{entry['key']} on {entry['node']}: a read found a bad copy ({entry['why']}); "
+                f"not checked this time (run {c.command} fsck {c.name} --repair)"
+            )
         for key in lost[:20]:
             print(
                 f"{key}: the git-annex branch says {c.name} has it, but no node does "
@@ -365,7 +426,48 @@ def _fsck(args: Any, c: Subject) -> int:
     unresolved = [
         r for r in bad if not repaired.get(r.key, {}).get(r.node, "").startswith("repaired")
     ]
-    return 1 if unresolved or short or lost or inv.unlisted else 0
+    return 1 if unresolved or short or lost or inv.unlisted or noted else 0
+
+
+def _settle_bad_copies(
+    c: Subject, results: list[CheckResult], repaired: dict[str, dict[str, str]]
+) -> list[dict[str, str]]:
+    """Bring the bad copies reads noted up to date with what fsck found (good or
+    repaired copies are no longer bad; corrupt ones are noted); return those fsck did
+    not check (a --sample, an unlisted node) for the report."""
+    if c.bad is None:
+        return []
+    for r in results:
+        key = Key.parse(r.key)
+        fixed = repaired.get(r.key, {}).get(r.node, "").startswith("repaired")
+        if r.status == "ok" or fixed:
+            c.bad.forget(key, [r.node])
+        elif r.status == "corrupt":
+            c.bad.note(key, r.node, r.detail)
+    checked = {(r.node, r.key) for r in results}
+    return [
+        {"key": k, "node": n, "why": why}
+        for (n, k), why in sorted(c.bad.entries().items())
+        if (n, k) not in checked and n in c.nodes
+    ]
+
+
+def key_health(c: Subject) -> dict[str, Any]:
+    """What ``status`` says of the keys: how many, how many short of ``copies`` or of
+    ``mincopies`` (from one listing of every node), and the bad copies reads noted."""
+    inv = c.inventory()
+    mincopies = c.mincopies or c.copies
+    counts = [len(inv.holders_of(k)) for k in inv.key_texts()]
+    noted = c.bad.entries() if c.bad is not None else {}
+    return {
+        "keys": len(counts),
+        "short_of_copies": sum(1 for n in counts if n < c.copies),
+        "short_of_mincopies": sum(1 for n in counts if n < mincopies),
+        "bad_copies_noted": [
+            {"key": k, "node": n, "why": why} for (n, k), why in sorted(noted.items())
+        ],
+        "unlisted": inv.unlisted,
+    }
 
 
 _STATUSES = ("ok", "corrupt", "missing", "unreadable")
@@ -379,7 +481,7 @@ def _fsck_repair(c: Subject, results: list[CheckResult]) -> dict[str, dict[str, 
         if r.status == "ok":
             good.setdefault(r.key, []).append(r.node)
     states = {s.name: s.state for s in c.specs}
-    mover = Mover(c.nodes, c.copies)
+    mover = Mover(c.nodes, c.copies, bad=c.bad)
     out: dict[str, dict[str, str]] = {}
     for r in results:
         if r.status not in ("corrupt", "missing"):

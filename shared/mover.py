@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from shared.badcopies import BadCopies
 from shared.cluster import error_line
-from shared.errors import ClusterError, IntegrityError, NotFound
+from shared.errors import BadReplica, ClusterError, IntegrityError, NotFound
 from shared.fanout import DEPTH, QueueReader
 from shared.keys import Key
 from shared.nodes.base import BLOCK, UNKNOWN_SIZE, CountingSink, Node
@@ -98,8 +99,12 @@ class Mover:
         copies: int,
         progress: Progress | None = None,
         log: Callable[[str], None] | None = None,
+        bad: BadCopies | None = None,
     ) -> None:
+        """``bad``: where a source's copy that proves wrong is noted (``status`` and
+        ``fsck`` report it), as the remote's reads note theirs."""
         self.nodes, self.copies = nodes, copies
+        self.bad = bad
         self.progress = progress
         self.log = log or (lambda _m: None)
         self.stopping = threading.Event()
@@ -138,6 +143,8 @@ class Mover:
             except Exception as e:
                 errors[source.name] = error_line(e)
                 self.log(f"copy {key} from {source.name} to {target} failed: {errors[source.name]}")
+                if self.bad is not None and _bad_copy_of(e, source.name):
+                    self.bad.note(key, source.name, errors[source.name])
         detail = "; ".join(f"from {n}: {r}" for n, r in errors.items()) or "no node holds it"
         raise ClusterError(f"could not copy {key} to {target} ({detail})")
 
@@ -161,7 +168,9 @@ class Mover:
             pipe.close(error)
 
         counted = self.progress.add_bytes if self.progress is not None else None
-        reader = VerifiedReader(QueueReader(pipe.q), key, size, on_bytes=counted)
+        reader = _SourceChecked(
+            VerifiedReader(QueueReader(pipe.q), key, size, on_bytes=counted), source.name
+        )
         thread = threading.Thread(target=produce, name=f"copy-{source.name}", daemon=True)
         thread.start()
         try:
@@ -169,7 +178,7 @@ class Mover:
         finally:
             pipe.abandon()
             thread.join()
-        if self.stopping.is_set() and not reader.checked:
+        if self.stopping.is_set() and not reader.checked.checked:
             raise Stopped
 
     # -- one move ---------------------------------------------------------------
@@ -253,6 +262,35 @@ class Mover:
                     with contextlib.suppress(Stopped, Exception):
                         results.append(future.result())
         return results, not self.stopping.is_set()
+
+
+class _SourceChecked:
+    """The verified stream from a source: a mismatch is that source's bad copy (the
+    target only ever sees the error), so it is raised as BadReplica naming it."""
+
+    def __init__(self, checked: VerifiedReader, source: str) -> None:
+        self.checked, self.source = checked, source
+
+    def read(self, n: int = -1, /) -> bytes:
+        try:
+            return self.checked.read(n)
+        except BadReplica:
+            raise
+        except IntegrityError as e:
+            raise BadReplica(str(e), self.source) from None
+
+
+def _bad_copy_of(exc: BaseException, source: str) -> bool:
+    """Whether ``exc`` (from a copy, however the target wrapped it) says the source's
+    copy is wrong."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, BadReplica) and seen.node == source:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # -- fsck --------------------------------------------------------------------------

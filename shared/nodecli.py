@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError, NodeError, Unsupported
+from shared.errors import ConfigError, NodeError, NotOwner, Unsupported
 from shared.nodeedit import add_node, describe, export_nodes, import_nodes, remove_node, set_node
-from shared.nodes import LAYER_PARAMS, open_node
+from shared.nodes import LAYER_PARAMS, Node, open_node, open_storage
+from shared.nodes.owner import Ownership, refusal
 from shared.nodeurl import NodeSpec
 
 
@@ -29,6 +30,9 @@ def add_parsers(sub: Any, owner: str) -> None:
     add.add_argument("--maxsize", help="most bytes the node may hold, e.g. 4TiB")
     add.add_argument("--reserve", help="free space to keep (default 100MB), e.g. 10GiB")
     add.add_argument("--state", choices=("active", "readonly", "drain"))
+    add.add_argument(
+        "--force", action="store_true", help="take the node over if another remote owns it"
+    )
     setp = sub.add_parser("set", help="change a node: KEY=VALUE (an empty VALUE: the default)")
     setp.add_argument(owner)
     setp.add_argument("name")
@@ -36,7 +40,8 @@ def add_parsers(sub: Any, owner: str) -> None:
     setp.add_argument(
         "--force",
         action="store_true",
-        help="change chunk=/encryption=/mac= of a node holding content",
+        help="change chunk=/encryption=/mac= of a node holding content; take over nodes "
+        "another remote owns",
     )
     rm = sub.add_parser("remove", help="remove a node that holds nothing (or --force)")
     rm.add_argument(owner)
@@ -48,7 +53,11 @@ def add_parsers(sub: Any, owner: str) -> None:
     imp.add_argument(owner)
     imp.add_argument("file", help="the file, or - for standard input")
     imp.add_argument("--format", choices=("text", "toml"))
-    imp.add_argument("--force", action="store_true", help="drop nodes that still hold content")
+    imp.add_argument(
+        "--force",
+        action="store_true",
+        help="drop nodes that still hold content; take over nodes another remote owns",
+    )
     exp = sub.add_parser("export", help="print the node list (text, TOML or JSON)")
     exp.add_argument(owner)
     exp.add_argument("--format", choices=("text", "toml", "json"), default="text")
@@ -126,6 +135,76 @@ def _check_layout_kept(
             raise ConfigError(
                 f"changing {what} of node {spec.name} would hide what it holds: {e}"
             ) from None
+
+
+def takes_over(args: argparse.Namespace) -> bool:
+    """Whether the operator's ``--force`` also takes over nodes another remote owns: for
+    the actions that write a node list with new or changed nodes (add, set, import),
+    never for ``remove`` (whose --force is about content)."""
+    return bool(getattr(args, "force", False)) and args.action in ("add", "set", "import")
+
+
+def check_owners(
+    specs: list[NodeSpec],
+    ownership: Ownership,
+    *,
+    claim: bool = False,
+    take_over: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> None:
+    """Refuse (one line naming the owner) a node of ``specs`` whose storage another
+    remote or gateway target owns, unless ``take_over``; with ``claim``, record
+    ``ownership.uuid`` as the owner of each (taking over with ``take_over``). A node
+    that cannot be asked now is left to its first write, which claims it or is
+    refused; ``warn`` says so."""
+    nodes: list[tuple[NodeSpec, Node]] = []
+    try:
+        for spec in specs:
+            try:
+                node = open_storage(spec)
+            except ConfigError:
+                continue  # the node list itself is checked elsewhere, with its own message
+            nodes.append((spec, node))
+        unclaimed = []
+        for spec, node in nodes:  # every node is checked before any is claimed
+            known, owner = _owner(spec, node, warn)
+            if not known or owner == ownership.uuid:
+                continue
+            if owner is not None and not take_over:
+                raise ConfigError(refusal(spec.name, spec.url, owner, ownership))
+            unclaimed.append((spec, node))
+        for spec, node in unclaimed if claim else []:
+            try:
+                now = node.claim(ownership.uuid, take_over=take_over)
+            except NodeError as e:
+                raise ConfigError(str(e)) from None
+            if now != ownership.uuid:  # another claim came just before
+                raise ConfigError(refusal(spec.name, spec.url, now, ownership))
+    finally:
+        for _, node in nodes:
+            node.close()
+
+
+def _owner(
+    spec: NodeSpec, node: Node, warn: Callable[[str], None] | None
+) -> tuple[bool, str | None]:
+    """(known, the node's recorded owner: None when unowned). Not known: the node
+    records none (a repository), or cannot be asked now; its first write claims it,
+    or is refused."""
+    if not node.records_owner:
+        return False, None
+    try:
+        return True, node.owner()
+    except NotOwner as e:  # a record that names no owner
+        raise ConfigError(str(e)) from None
+    except NodeError as e:
+        if warn is not None:
+            why = str(e).removeprefix(f"node {spec.name}: ")
+            warn(
+                f"node {spec.name}: cannot check its owner now ({why}); its first write "
+                "claims it, or is refused if another remote owns it"
+            )
+        return False, None
 
 
 def report(args: argparse.Namespace, owner: str, what: str, specs: list[NodeSpec]) -> None:

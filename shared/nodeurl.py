@@ -18,25 +18,57 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 COMMON_ATTRS = ("cost", "weight", "zone", "maxsize", "reserve", "state")
 KNOWN_SCHEMES = ("file", "sftp", "annex", "annex+ssh", "s3", "gateway+ssh")
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "tib": 1024**4,
-    "p": 1000**5,
-    "pb": 1000**5,
-    "pib": 1024**5,
-}
+# git-annex's units (Utility/DataUnits.hs, ``dataUnits``), in its lookup order: the
+# first unit whose abbreviation, name, plural, or abbreviation minus its final "b"
+# matches (case-insensitively) wins, so "m" and "mb" are megabytes (10**6), "mi" and
+# "mib" mebibytes, and bit rates are spelled "Mbit".
+_UNITS: tuple[tuple[int, str, str], ...] = (
+    *(
+        (1000**n, abbrev, name)
+        for n, abbrev, name in (
+            (10, "QB", "quettabyte"),
+            (9, "RB", "ronnabyte"),
+            (8, "YB", "yottabyte"),
+            (7, "ZB", "zettabyte"),
+            (6, "EB", "exabyte"),
+            (5, "PB", "petabyte"),
+            (4, "TB", "terabyte"),
+            (3, "GB", "gigabyte"),
+            (2, "MB", "megabyte"),
+            (1, "kB", "kilobyte"),
+            (0, "B", "byte"),
+        )
+    ),
+    *(
+        (1024**n, abbrev, name)
+        for n, abbrev, name in (
+            (8, "YiB", "yobibyte"),
+            (7, "ZiB", "zebibyte"),
+            (6, "EiB", "exbibyte"),
+            (5, "PiB", "pebibyte"),
+            (4, "TiB", "tebibyte"),
+            (3, "GiB", "gibibyte"),
+            (2, "MiB", "mebibyte"),
+            (1, "KiB", "kibibyte"),
+        )
+    ),
+    *(
+        (1000**n // 8, abbrev, name)
+        for n, abbrev, name in (
+            (8, "Ybit", "yottabit"),
+            (7, "Zbit", "zettabit"),
+            (6, "Ebit", "exabit"),
+            (5, "Pbit", "petabit"),
+            (4, "Tbit", "terabit"),
+            (3, "Gbit", "gigabit"),
+            (2, "Mbit", "megabit"),
+            (1, "kbit", "kilobit"),
+        )
+    ),
+)
+# A number as Haskell's ``reads :: Double`` takes it (decimal; a fraction needs digits
+# after the dot; an exponent needs digits), without the sign: sizes are not negative.
+_NUMBER_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)")
 
 
 # Free space a node keeps for itself unless ``reserve=`` says otherwise: git-annex's
@@ -57,11 +89,54 @@ class NodeState(enum.Enum):
 
 
 def parse_size(text: str) -> int:
-    """Parse ``1GiB``, ``500MB``, ``1048576`` the way git-annex users write sizes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"invalid size {text!r}: use a number with an optional unit like 500MiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """Parse ``1GiB``, ``500MB``, ``1.1MiB``, ``1048576`` exactly as git-annex does
+    (``Utility.DataUnits.readSize dataUnits``, which reads chunk=, partsize=,
+    annex.diskreserve and the like): the number as a double, times the unit, rounded
+    half to even; the unit is optional (bytes) and matched case-insensitively.
+
+    Two sides that parse ``chunk=1.1MiB`` differently by one byte find none of each
+    other's chunks, so the arithmetic is git-annex's own: the product is a double
+    (``1.1 * 1048576`` is 1153433.6000000001) and rounds to 1153434. What git-annex
+    reads differently from how it looks (text after the unit, ``5.MiB``, which it
+    takes for 5 bytes) and negative sizes are refused instead."""
+    bad = f"invalid size {text!r}: use a number with an optional unit like 500MiB or 1.5GB"
+    m = _NUMBER_RE.match(text)
+    if not m:
+        raise ConfigError(bad)
+    rest = text[m.end() :].lstrip()
+    unit = _leading_letters(rest)
+    if rest[len(unit) :].strip():
+        raise ConfigError(bad)
+    multiplier = _unit_size(unit)
+    if multiplier is None:
+        raise ConfigError(
+            f"invalid size {text!r}: unknown unit {unit!r}; use B, kB, MB, GB, TB (powers "
+            "of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
+        )
+    try:
+        return round(float(m.group(1)) * float(multiplier))
+    except OverflowError:
+        raise ConfigError(f"invalid size {text!r}: too large") from None
+
+
+def _leading_letters(text: str) -> str:
+    """Haskell's ``takeWhile isAlpha``."""
+    for i, ch in enumerate(text):
+        if not ch.isalpha():
+            return text[:i]
+    return text
+
+
+def _unit_size(unit: str) -> int | None:
+    """git-annex's ``lookupUnit``: no unit means bytes."""
+    if not unit:
+        return 1
+    v = unit.lower()
+    for size, abbrev, name in _UNITS:
+        a, n = abbrev.lower(), name.lower()
+        if v in (a, n, n + "s") or a == v + "b":
+            return size
+    return None
 
 
 @dataclass(frozen=True)

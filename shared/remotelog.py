@@ -56,25 +56,33 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def read_remote_log(cwd: Path | None = None) -> str:
-    """The branch's ``remote.log`` followed by the journal's (newer) copy."""
+def read_remote_log(cwd: Path | None = None, log: str = "remote.log") -> str:
+    """The branch's ``remote.log`` (or another log: ``uuid.log``) followed by the
+    journal's (newer) copy."""
     where = cwd or Path(os.getcwd())
     git_dir = _git(["rev-parse", "--git-dir"], where)
     if git_dir is None:
         raise ConfigError(f"annexremote= needs a git-annex repository, and {where} is not in one")
-    text = _git(["cat-file", "blob", "git-annex:remote.log"], where) or ""
-    journal = (where / git_dir.strip() / "annex" / "journal" / "remote.log").resolve()
+    text = _git(["cat-file", "blob", f"git-annex:{log}"], where) or ""
+    journal = (where / git_dir.strip() / "annex" / "journal" / log).resolve()
     if journal.exists():
         text += "\n" + journal.read_text(errors="replace")
     return text
 
 
+# What a remote made with ``initremote --sameas=OTHER`` takes from OTHER's configuration
+# (git-annex's sameasInherits): the two reach the same storage.
+SAMEAS_INHERITS = ("encryption", "mac", "cipher", "cipherkeys", "pubkeys", "chunksize")
+
+
 def annex_remote_config(name: str, cwd: Path | None = None) -> tuple[str, dict[str, str]]:
-    """(UUID, configuration) of the special remote called ``name``."""
+    """(UUID, configuration) of the special remote called ``name``. For a remote made
+    with ``initremote --sameas=OTHER``, the UUID is OTHER's, which git-annex gives the
+    remote (GETUUID, the location log), and the configuration has what it inherits."""
     configs = parse_remote_log(read_remote_log(cwd))
-    found = [(u, c) for u, c in configs.items() if c.get("name") == name]
+    found = [(u, c) for u, c in configs.items() if c.get("name", c.get("sameas-name")) == name]
     if not found:
-        known = sorted(c["name"] for c in configs.values() if "name" in c)
+        known = sorted(n for c in configs.values() if (n := c.get("name", c.get("sameas-name"))))
         raise ConfigError(
             f"annexremote={name}: this repository has no special remote called {name!r}"
             + (f" (it has: {', '.join(known)})" if known else "")
@@ -84,4 +92,43 @@ def annex_remote_config(name: str, cwd: Path | None = None) -> tuple[str, dict[s
             f"annexremote={name}: several special remotes are called {name!r}; "
             "rename one with git annex renameremote"
         )
-    return found[0]
+    uuid, config = found[0]
+    parent = config.get("sameas-uuid")
+    if not parent:
+        return uuid, config
+    inherited = {k: v for k, v in configs.get(parent, {}).items() if k in SAMEAS_INHERITS}
+    own = {k: v for k, v in config.items() if k not in SAMEAS_INHERITS}
+    return parent, {**own, **inherited}
+
+
+def remote_names(uuid: str, cwd: Path | None = None) -> list[str]:
+    """The names of this repository's special remotes with ``uuid``: the remote's own
+    first, then its ``sameas`` remotes; none outside a repository."""
+    try:
+        configs = parse_remote_log(read_remote_log(cwd))
+    except ConfigError:
+        return []
+    own = [c.get("name", "") for u, c in configs.items() if u == uuid]
+    same = [c.get("sameas-name", "") for c in configs.values() if c.get("sameas-uuid") == uuid]
+    return list(dict.fromkeys(n for n in own + same if n))
+
+
+def describe_uuid(uuid: str, cwd: Path | None = None) -> str:
+    """How this repository knows ``uuid``, for messages: ``remote NAME (UUID ...)`` for
+    its special remotes (with their ``sameas`` names), else its description in
+    ``uuid.log``, else only the UUID. Reads two logs: for rare messages only."""
+    names = remote_names(uuid, cwd)
+    if names:
+        return f"remote {' / '.join(names)} (UUID {uuid})"
+    description = ""
+    try:
+        for line in read_remote_log(cwd, "uuid.log").splitlines():
+            u, _, rest = line.partition(" ")
+            if u == uuid and rest:
+                words = [w for w in rest.split() if not w.startswith("timestamp=")]
+                description = _unescape(" ".join(words)) or description
+    except ConfigError:  # not in a repository: nothing more to tell
+        pass
+    if description:
+        return f"{description!r} (UUID {uuid})"
+    return f"UUID {uuid}"

@@ -70,6 +70,7 @@ class _AnnexConformance(NodeConformance):
     repo: Path
     verifies_content = True
     tells_sizes = False
+    sees_bad_replicas = False
 
     def leftovers(self, node: Node) -> list[str]:
         tmp = self.repo / "annex" / "tmp"
@@ -92,6 +93,11 @@ class TestLocalAnnexConformance(_AnnexConformance):
         url = f"n=annex://{self.repo}?shell={shell_of(server)}"
         return lambda: AnnexNode(parse_node(url), CLIENT_UUID)
 
+    @pytest.fixture
+    def make_missing_node(self, tmp_path: Path, server: Client) -> NodeFactory:
+        url = f"n=annex://{tmp_path / 'gone.git'}?shell={shell_of(server)}"
+        return lambda: AnnexNode(parse_node(url), CLIENT_UUID)
+
 
 @pytest.fixture
 def pool(tmp_path: Path, sshd_factory: SSHDFactory, ssh_client_key: Path) -> Iterator[SSHPool]:
@@ -110,6 +116,11 @@ class TestSSHAnnexConformance(_AnnexConformance):
         self.repo = tmp_path / "node.git"
         init_node_repo(self.repo, server)
         url = f"n=annex+ssh://annexhost{self.repo}?shell={shell_of(server)}"
+        return lambda: AnnexNode(parse_node(url), CLIENT_UUID, pool=pool)
+
+    @pytest.fixture
+    def make_missing_node(self, tmp_path: Path, server: Client, pool: SSHPool) -> NodeFactory:
+        url = f"n=annex+ssh://annexhost{tmp_path / 'gone.git'}?shell={shell_of(server)}"
         return lambda: AnnexNode(parse_node(url), CLIENT_UUID, pool=pool)
 
 

@@ -408,7 +408,7 @@ def test_a_failed_retrieve_leaves_no_wrong_byte_behind(
     dest = tmp_path / "out"
     with pytest.raises(RetrieveFailed):
         cluster.retrieve(key, str(dest))
-    assert dest.read_bytes() == b""
+    assert not dest.exists() or dest.read_bytes() == b""  # no wrong byte to resume from
 
 
 def test_retrieve_stream_never_continues_wrong_content(
@@ -505,7 +505,9 @@ def test_retrieve_failure_names_failing_nodes(
 def test_present_true_while_another_node_unavailable(
     make_cluster: MakeCluster, src: Callable[[bytes], tuple[Key, str]]
 ) -> None:
-    cluster, nodes = make_cluster(3)
+    """One confirmation is enough when mincopies is 1 (below mincopies, see
+    test_verified_reads.py: a store that fell short is not a copy)."""
+    cluster, nodes = make_cluster(3, copies=1)
     data = content(10)
     key, _ = src(data)
     put(nodes["n2"], key, data)

@@ -45,7 +45,12 @@ def init_cluster(
 
 
 def objects_in(node: Path) -> list[Path]:
-    return [p for p in node.rglob("*") if p.is_file() and "tmp" not in p.relative_to(node).parts]
+    """The objects in a node directory: not its tmp/, not its owner marker (at the root)."""
+    return [
+        p
+        for p in node.rglob("*")
+        if p.is_file() and p.parent != node and "tmp" not in p.relative_to(node).parts
+    ]
 
 
 @pytest.mark.parametrize(
@@ -210,3 +215,32 @@ def test_native_directory_remote_reads_node(tmp_path: Path, client: Client) -> N
     repo.annex("copy", "--to", "native", "e.dat")
     repo.annex("drop", "e.dat")
     repo.annex("get", "--from", "cl", "e.dat")
+
+
+def test_a_zero_byte_leftover_never_passes_for_the_only_copy(repo: Repo, tmp_path: Path) -> None:
+    """A 0-byte file where the node keeps the key (a copy by some tool cut short, a full
+    disk) is not the key: `git annex move --to` must not drop the only copy on its word.
+    Afterwards the node holds the right bytes, or the move failed and the local copy
+    is still there."""
+    from shared.keys import Key
+
+    node = tmp_path / "nodes" / "n1"
+    node.mkdir(parents=True)
+    init_cluster(repo, [node], "encryption=none")
+    data = os.urandom(100_000)
+    repo.write("f.bin", data)
+    repo.annex("add", "f.bin")
+    repo.run("git", "commit", "-qm", "f")
+    key = Key.parse(repo.lookupkey("f.bin"))
+    leftover = node / key.hashdirlower / key.file_name / key.file_name
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"")
+    move = repo.annex("move", "--to", "cl", "f.bin", check=False)
+    local = repo.path / "f.bin"
+    if move.returncode == 0:
+        assert leftover.read_bytes() == data, "the only copy was dropped for a 0-byte file"
+        repo.annex("get", "f.bin")
+    else:
+        assert local.read_bytes() == data, move.stdout + move.stderr
+    assert local.read_bytes() == data
+    repo.annex("fsck", "f.bin")

@@ -38,6 +38,11 @@ def s3_node(server: S3Server, name: str, bucket: str, prefix: str, extra: str = 
     return f"{name}=s3://{bucket}/{prefix}?endpoint={server.endpoint}{extra}"
 
 
+def objects(server: S3Server, bucket: str) -> list[str]:
+    """The bucket's objects, without the nodes' owner markers (``PREFIX.cluster-owner``)."""
+    return [n for n in server.list_keys(bucket) if not n.endswith(".cluster-owner")]
+
+
 @pytest.mark.parametrize(
     "layers",
     [
@@ -54,8 +59,9 @@ def test_testremote_fast_on_s3_nodes(s3repo: Repo, s3: S3Server, layers: str) ->
     passed, total = summary_of_testremote(proc.stdout + proc.stderr)
     assert proc.returncode == 0 and passed == total, proc.stdout[-5000:] + proc.stderr[-5000:]
     assert total >= 100
-    # testremote removes what it stored; no multipart upload is left dangling.
-    assert s3.list_keys("testremote") == []
+    # testremote removes what it stored (the nodes' owner markers stay); no multipart
+    # upload is left dangling.
+    assert s3.list_keys("testremote") == ["n1/.cluster-owner", "n2/.cluster-owner"]
     assert s3.multipart_uploads("testremote") == []
 
 
@@ -120,6 +126,53 @@ def test_native_s3_remote_and_our_node_read_each_other(
     s3repo.annex("fsck", "--from", "cl", "ours.bin", "theirs.bin")
 
 
+def test_adopted_fractional_chunk_size_is_git_annexs_to_the_byte(
+    s3repo: Repo, s3: S3Server
+) -> None:
+    """chunk=1.1MiB is 1153434 bytes to git-annex (1.1 * 1048576, rounded): the cluster
+    finds the native remote's chunks, and stores no second set of its own."""
+    s3.create_bucket("frac")
+    native_s3(s3repo, s3, "nat", "frac", "encryption=none", "chunk=1.1MiB")
+    init_cluster(s3repo, "s=s3://?annexremote=nat", "encryption=none")
+    theirs = add_file(s3repo, "theirs.bin", 1_200_000)
+    s3repo.annex("copy", "--to", "nat", "theirs.bin")
+    stem, name = theirs.split("--", 1)
+    native = [f"pre/{stem}-S1153434-C{n}--{name}" for n in (1, 2)]
+    assert [n for n in s3.list_keys("frac") if "-C" in n] == native
+    fsck = s3repo.annex("fsck", "--from", "cl", "--fast", "theirs.bin", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert "[cl]" in s3repo.annex("whereis", "theirs.bin").stdout  # found: fsck recorded it
+    s3repo.annex("copy", "--to", "cl", "theirs.bin")
+    assert [n for n in s3.list_keys("frac") if "-C" in n] == native  # no second set
+    s3repo.annex("drop", "--force", "theirs.bin")
+    s3repo.annex("get", "--from", "cl", "theirs.bin")
+    # And what the cluster writes, git-annex's own remote finds.
+    add_file(s3repo, "ours.bin", 1_200_000)
+    s3repo.annex("copy", "--to", "cl", "ours.bin")
+    fsck = s3repo.annex("fsck", "--from", "nat", "--fast", "ours.bin", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert "[nat]" in s3repo.annex("whereis", "ours.bin").stdout
+
+
+def test_fsck_keeps_the_cluster_in_the_location_log_when_the_bucket_is_gone(
+    s3repo: Repo, s3: S3Server
+) -> None:
+    """A deleted (or misnamed) bucket cannot tell whether it holds a key: `git annex
+    fsck --from --fast` must fail and say why, never record the key as missing."""
+    s3.create_bucket("doomed")
+    init_cluster(s3repo, s3_node(s3, "s", "doomed", "p/"), "encryption=none")
+    add_file(s3repo, "f.bin", 10_000)
+    s3repo.annex("copy", "--to", "cl", "f.bin")
+    client = s3.client()
+    for name in s3.list_keys("doomed"):
+        client.delete_object(Bucket="doomed", Key=name)
+    client.delete_bucket(Bucket="doomed")
+    fsck = s3repo.annex("fsck", "--from", "cl", "--fast", "f.bin", check=False)
+    assert fsck.returncode != 0
+    assert "bucket 'doomed' does not exist" in fsck.stdout + fsck.stderr
+    assert "[cl]" in s3repo.annex("whereis", "f.bin").stdout
+
+
 def test_initremote_generates_and_keeps_node_ciphers(s3repo: Repo, s3: S3Server) -> None:
     s3.create_bucket("ciph")
     nodes = s3_node(s3, "e", "ciph", "e/", "&encryption=shared&chunk=1MiB")
@@ -133,7 +186,7 @@ def test_initremote_generates_and_keeps_node_ciphers(s3repo: Repo, s3: S3Server)
     s3repo.annex("copy", "--to", "cl", "f.bin")
     # Objects are encrypted: nothing in the bucket carries the key's name.
     key = s3repo.lookupkey("f.bin")
-    names = s3.list_keys("ciph")
+    names = objects(s3, "ciph")
     assert names and all(n.startswith("e/GPGHMACSHA1--") for n in names)
     assert not any(key.split("--")[1] in n for n in names)
     # enableremote (e.g. with a changed node list) keeps the cipher.
@@ -195,10 +248,10 @@ def test_testremote_through_a_gateway_to_an_encrypted_chunked_s3_node(
     proc = repo.annex("testremote", "gw", "--fast", check=False, timeout=900)
     passed, total = summary_of_testremote(proc.stdout + proc.stderr)
     assert proc.returncode == 0 and passed == total, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert s3.list_keys("gateway-bucket") == []
+    assert s3.list_keys("gateway-bucket") == ["t/.cluster-owner"]  # the target's
     key = add_file(repo, "big.bin", 3_000_000)
     repo.annex("copy", "--to", "gw", "big.bin")
-    names = s3.list_keys("gateway-bucket")
+    names = objects(s3, "gateway-bucket")
     assert len(names) == 3 and all(n.startswith("t/GPGHMACSHA1--") for n in names)
     assert not any(key in n for n in names)
     repo.annex("drop", "big.bin")

@@ -21,6 +21,7 @@ from node_conformance import (
     fetch,
     make_key,
     payload,
+    plant_leftovers,
 )
 
 from shared.errors import ConfigError, IntegrityError, NoSpace, NotFound, Unavailable
@@ -56,6 +57,10 @@ class TestFileNodeConformance(NodeConformance, ResumableConformance):
         root.mkdir()
         return lambda: file_node(root)
 
+    @pytest.fixture
+    def make_missing_node(self, tmp_path: Path) -> NodeFactory:
+        return lambda: file_node(tmp_path / "unmounted")
+
     def leftovers(self, node: Node) -> list[str]:
         assert isinstance(node, FileNode)
         return tmp_entries(node.root)
@@ -66,6 +71,7 @@ class TestLayeredFileNodeConformance(NodeConformance):
     with the same settings; the big objects are split into about 20 chunks."""
 
     tells_sizes = False  # encrypted: the stored size is the ciphertext's
+    checks_stored_size = False
     layers = "chunk=100000&encryption=shared"
 
     @pytest.fixture
@@ -79,6 +85,15 @@ class TestLayeredFileNodeConformance(NodeConformance):
         self.root = root
         return lambda: open_node(parse_node(f"d=file://{root}?{self.layers}&cipher={cipher}"))
 
+    @pytest.fixture
+    def make_missing_node(self, tmp_path: Path) -> NodeFactory:
+        from shared.crypto import Cipher
+        from shared.nodes import open_node
+
+        root = tmp_path / "unmounted"
+        cipher = Cipher.generate().to_config()
+        return lambda: open_node(parse_node(f"d=file://{root}?{self.layers}&cipher={cipher}"))
+
     def leftovers(self, node: Node) -> list[str]:
         return tmp_entries(self.root)
 
@@ -87,6 +102,7 @@ class TestStreamingChunksFileNodeConformance(TestLayeredFileNodeConformance):
     """Chunks too big to buffer stream one at a time (forced here by a zero limit)."""
 
     tells_sizes = True
+    checks_stored_size = True
     layers = "chunk=300000"
 
     @pytest.fixture(autouse=True)
@@ -103,6 +119,12 @@ class TestStreamingChunksFileNodeConformance(TestLayeredFileNodeConformance):
         root.mkdir()
         self.root = root
         return lambda: open_node(parse_node(f"d=file://{root}?{self.layers}"))
+
+    @pytest.fixture
+    def make_missing_node(self, tmp_path: Path) -> NodeFactory:
+        from shared.nodes import open_node
+
+        return lambda: open_node(parse_node(f"d=file://{tmp_path / 'unmounted'}?{self.layers}"))
 
 
 @pytest.fixture
@@ -170,6 +192,31 @@ def test_copies_in_both_layouts_are_all_removed(node: FileNode, root: Path) -> N
     place_raw(root / key.hashdirlower / key.file_name / key.file_name, data)
     node.remove(key)
     assert node.present(key) is None
+
+
+def test_a_bad_replica_in_a_read_only_key_directory_is_replaced_in_place(
+    node: FileNode, root: Path
+) -> None:
+    """A 0-byte file where git-annex's layout keeps the key (read-only directory, as
+    git-annex leaves it): not the key; a store replaces it with one rename and leaves
+    the directory read-only again. A good copy in the other layout is the key."""
+    from shared.errors import BadReplica
+
+    data = payload(4096)
+    key = make_key(data)
+    obj = root / key.hashdirlower / key.file_name / key.file_name
+    place_raw(obj, b"")
+    with pytest.raises(BadReplica, match=f"{key} in {root} has 0 bytes, not 4096"):
+        node.present(key)
+    assert node.store(key, io.BytesIO(data), len(data)) is True
+    assert obj.read_bytes() == data
+    assert stat.S_IMODE(obj.parent.stat().st_mode) == 0o555
+    assert tmp_entries(root) == []
+    other = make_key(payload(100, seed=9))
+    place_raw(root / other.hashdirlower / other.file_name / other.file_name, b"x")
+    place_raw(root / other.hashdirmixed / other.file_name / other.file_name, payload(100, 9))
+    assert node.present(other) == 100
+    assert fetch(node, other) == payload(100, 9)
 
 
 # -- missing root: unavailable, never absent ------------------------------------------
@@ -435,3 +482,12 @@ def test_old_resumable_temps_are_cleaned(tmp_path: Path) -> None:
     other = file_node(tmp_path)  # a new process: cleans once
     other.store(make_key(b"x"), io.BytesIO(b"x"), 1)
     assert other.partial(key) == 0
+
+
+def test_an_upload_removes_this_hosts_leftovers_of_the_key_only(root: Path) -> None:
+    data = payload(50_000)
+    key = make_key(data)
+    stays = plant_leftovers(root / "tmp", key, make_key(b"another key"))
+    assert file_node(root).store_from(key, io.BytesIO(data), len(data), 0, print)
+    assert tmp_entries(root) == stays
+    assert fetch(file_node(root), key) == data

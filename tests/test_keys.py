@@ -108,7 +108,7 @@ def test_doc_vector_hashdirs() -> None:
         ("WORM--plain", "WORM--plain"),
         ("URL--http://example.com/a/b?c=d&e", "URL--http&c%%example.com%a%b?c=d&ae"),
         ("URL--http://h/100%&x:y", "URL--http&c%%h%100&s&ax&cy"),
-        ("WORM--a/../b", "WORM--a%..%b"),
+        ("WORM--a/..b/c.", "WORM--a%..b%c."),
     ],
 )
 def test_file_name_escaping(text: str, file_name: str) -> None:
@@ -187,6 +187,12 @@ REJECTED = [
     "URL--" + "&" * 126,  # 131 chars, 257 bytes once escaped
     "WORM--\ud800",  # lone surrogate that is not an escaped byte
     "WORM--\udcc3\udca9",  # escaped bytes that are really UTF-8 for "é"
+    "WORM--x/../../other/KEY",  # dot segments: could leave a node's name space
+    "WORM--a/../b",
+    "URL--http://h/a/./b",
+    "URL--http://h/a/..",
+    "URL--http://h/.",
+    "URL--/../x",
 ]
 
 
@@ -211,6 +217,23 @@ def test_dotdot_file_name_is_impossible() -> None:
         with pytest.raises(InvalidKey):
             Key.parse(text)
     assert Key.parse("WORM--..").file_name == "WORM--.."
+
+
+def test_keys_that_could_leave_a_name_space_are_refused_everywhere() -> None:
+    """S3 objects are named by the key verbatim: a '.' or '..' segment could reach
+    another prefix or bucket through a server that normalises paths. Refused by the
+    parser, the constructor and the reading back of file names alike."""
+    for text in ("WORM--x/../../other/KEY", "URL--https://h/a/./b", "URL--https://h/.."):
+        with pytest.raises(InvalidKey, match=r"'\.' or '\.\.' path segment") as info:
+            Key.parse(text)
+        assert "\n" not in str(info.value)
+    with pytest.raises(InvalidKey, match="path segment"):
+        Key("WORM", "x/../y")
+    with pytest.raises(InvalidKey, match="path segment"):
+        Key.from_file_name("WORM--x%..%..%other%KEY")
+    # URL keys keep their '/', empty segments included: they cannot climb out of a prefix.
+    for text in ("URL--https://example.com/a/b", "URL--https://example.com/", "URL--h://x//.a"):
+        assert str(Key.parse(text)) == text
 
 
 def test_constructor_validates() -> None:
@@ -273,6 +296,7 @@ def valid_key_texts(draw: st.DrawFn) -> str:
     if any(c in text for c in "&%:/"):
         escaped = "".join({"&": "&a", "%": "&s", ":": "&c", "/": "%"}.get(c, c) for c in text)
     assume(len(escaped.encode("utf-8", "surrogateescape")) <= 255)
+    assume(not any(seg in (".", "..") for seg in text.split("/")[1:]))
     return text
 
 
@@ -305,6 +329,7 @@ def _check_any(text: str) -> None:
     assert "/" not in name and "\0" not in name and name not in ("", ".", "..")
     assert len(name.encode("utf-8", "surrogateescape")) <= 255
     assert not any(c.isspace() for c in text)
+    assert not any(seg in (".", "..") for seg in text.split("/"))
 
 
 @given(st.text(max_size=300))
@@ -436,7 +461,7 @@ COMPAT_KEYS = [
     "WORM-s42-m1700000000--some-file.txt",
     "WORM-s0-m0-S1-C1--f",
     "WORM---s5--x",
-    "WORM--a/../b",
+    "WORM--a/..b/c.",
     "WORM--\u00e9t\u00e9.\u00e9",
     "WORM--\udcff\udcfe",
     "URL--http://example.com/a/b?c=d&e",

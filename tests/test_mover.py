@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from node_conformance import make_key, payload
 
+from shared.badcopies import BadCopies
 from shared.keys import Key
 from shared.mover import Mover, check_copy
 from shared.nodes.base import Layer, Node, Writable
@@ -83,6 +84,21 @@ def test_a_corrupt_source_never_becomes_a_copy_and_the_next_source_is_used(
     with pytest.raises(Exception, match="could not copy"):
         mover.copy(key, ["a"], "d")
     assert d.present(key) is None and not [p for p in Path(d.root).rglob("*") if p.is_file()]
+
+
+def test_a_corrupt_source_is_noted_as_a_bad_copy(tmp_path: Path) -> None:
+    """rebalance/repair report the bad copies they read around, as reads do."""
+    a, b, c = (node(tmp_path, n) for n in "abc")
+    data = payload(20_000)
+    key = make_key(data)
+    for n in (a, b):
+        n.store(key, io.BytesIO(data), len(data))
+    corrupt(a, key)
+    a.spec = parse_node(f"a=file://{a.root}?cost=1")  # tried first
+    bad = BadCopies()
+    mover = Mover({"a": a, "b": b, "c": c}, copies=2, bad=bad)
+    assert mover.copy(key, ["a", "b"], "c") == "b"
+    assert bad.of(key) == {"a"}
 
 
 def test_removal_waits_for_confirmed_copies(tmp_path: Path) -> None:

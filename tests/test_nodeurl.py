@@ -278,13 +278,34 @@ def test_to_entry_round_trip_property(
         ("1TiB", 1024**4),
         ("1PiB", 1024**5),
         ("7p", 7 * 1000**5),
+        # What git-annex 10.20261026 itself made of these as chunk= (its chunk keys'
+        # -S): a double times the unit, rounded half to even; units as its lookupUnit.
+        ("1.1MiB", 1153434),
+        ("0.0015MiB", 1573),
+        ("0.7kB", 700),
+        ("1.5e3KiB", 1536000),
+        ("2.5e-1KiB", 256),
+        ("1 mi", 1048576),
+        ("1kbit", 125),
+        ("3.3 kilobytes", 3300),
+        ("1.0000005KiB", 1024),
+        ("1e6", 1000000),
+        ("2.5", 2),
+        ("3.5", 4),
+        ("1e", 1000**6),  # "e" is "eb" without its "b": exabytes, as in git-annex
     ],
 )
 def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "GiB", "-1", "1XB", "1 G i B", "1e6", "one", "1,5MB"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "GiB", "-1", "1XB", "1 G i B", "one", "1,5MB", "5.MiB", ".5", "10MiB/s", "1e400"],
+)
 def test_parse_size_errors(text: str) -> None:
-    with pytest.raises(ConfigError, match="size"):
+    """Refused, including what git-annex reads otherwise than it looks ("5.MiB" is 5
+    bytes to git-annex, "10MiB/s" 10 MiB): an error is better than a surprise."""
+    with pytest.raises(ConfigError, match="size") as info:
         parse_size(text)
+    assert "\n" not in str(info.value)

@@ -143,6 +143,44 @@ def test_status_reports_every_node_and_exits_1_when_one_is_down(
     assert re.search(r"n2\s+NO", proc.stdout) and "n2: directory" in proc.stdout
 
 
+def test_status_counts_keys_short_of_copies_and_bad_copies_reads_found(
+    repo: Repo, node_dirs: list[Path]
+) -> None:
+    """A node that lost a key, and a node whose copy a get found rotten: status says so,
+    names what to run, and exits 1 until repair and fsck --repair have run."""
+    init_cluster(repo, node_dirs[:2], "encryption=none", "copies=2", "mincopies=1")
+    data = bytes(range(256)) * 40
+    repo.write("f.bin", data)
+    repo.annex("add", "f.bin")
+    repo.annex("copy", "--to", "cl", "f.bin")
+    key = repo.lookupkey("f.bin")
+    report = json.loads(cli(repo, "status", "cl", "--json").stdout)
+    assert report["summary"]["keys"] == 1 and report["summary"]["short_of_copies"] == 0
+    # Rot n1's copy (same size) and read the file back: n2's copy is used, n1's noted.
+    rotten = next(node_dirs[0].rglob(f"{key}/{key}"))
+    rotten.chmod(0o644)
+    rotten.write_bytes(b"x" * len(data))
+    repo.annex("drop", "f.bin")
+    got = repo.annex("get", "f.bin")
+    assert (repo.path / "f.bin").read_bytes() == data
+    assert "bad copy" in got.stdout + got.stderr
+    proc = cli(repo, "status", "cl", check=False)
+    assert proc.returncode == 1
+    assert "bad copy of" in proc.stdout and "fsck cl --repair" in proc.stdout
+    cli(repo, "fsck", "cl", "--repair", check=False)
+    assert rotten.read_bytes() == data
+    assert cli(repo, "status", "cl").returncode == 0
+    # A lost copy: short of copies until repair.
+    gone = next(node_dirs[1].rglob(f"{key}/{key}"))
+    gone.chmod(0o644)
+    gone.unlink()
+    proc = cli(repo, "status", "cl", check=False)
+    assert proc.returncode == 1 and "1 short of copies=2" in proc.stdout
+    assert "repair cl" in proc.stdout
+    cli(repo, "repair", "cl")
+    assert cli(repo, "status", "cl").returncode == 0
+
+
 def test_operator_guide_script_reaches_a_second_clone(
     tmp_path: Path, client: Client, node_dirs: list[Path]
 ) -> None:

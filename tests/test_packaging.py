@@ -44,7 +44,14 @@ def test_pip_install_gives_working_program(tmp_path: Path) -> None:
     assert version.stdout.startswith("git-annex-remote-cluster ")
     # Run by git-annex: each program speaks the protocol and lists every parameter it accepts.
     expected = {
-        "git-annex-remote-cluster": {"nodes", "copies", "mincopies", "nodeuuids", "nodeciphers"},
+        "git-annex-remote-cluster": {
+            "nodes",
+            "copies",
+            "mincopies",
+            "nodeuuids",
+            "nodeciphers",
+            "force",
+        },
         "git-annex-remote-proxy": {"gateway", "target", "gatewaycommand", "nodeuuids"},
     }
     for name, configs in expected.items():

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -47,7 +48,12 @@ def key_for(data: bytes) -> Key:
 
 
 def objects(d: Path) -> list[Path]:
-    return [p for p in d.rglob("*") if p.is_file() and "tmp" not in p.relative_to(d).parts]
+    """The objects in a node directory: not its tmp/, not its owner marker (at the root)."""
+    return [
+        p
+        for p in d.rglob("*")
+        if p.is_file() and p.parent != d and "tmp" not in p.relative_to(d).parts
+    ]
 
 
 def leftovers(d: Path) -> list[Path]:
@@ -309,14 +315,15 @@ def test_lockcontent_keeps_other_sessions_from_removing(
 def test_lockcontent_holds_for_every_target_sharing_the_node(
     gateway: tuple[Path, list[Path]],
 ) -> None:
-    """Locks belong to the storage: a target that shares a node with a locked one
-    cannot remove the key from it either."""
+    """Locks belong to the storage: a target that took a locked one's node over
+    (sharing it needs --force: one owner per node) cannot remove the key from it
+    either."""
     config, nodes = gateway
-    proxy_cli("add", "solo", f"n1=file://{nodes[0]}", config=config)
     data = b"locked through another target"
     key = key_for(data)
     holder = session(config, "archive")
     assert holder.put(key, io.BytesIO(data), len(data)).stored
+    proxy_cli("add", "solo", f"n1=file://{nodes[0]}", "--force", config=config)
     assert holder.lockcontent(key) is True
     solo = session(config, "solo")
     assert solo.remove(key)[0] is False
@@ -327,6 +334,102 @@ def test_lockcontent_holds_for_every_target_sharing_the_node(
     assert not objects(nodes[0]) and objects(nodes[1])
     holder.close()
     solo.close()
+
+
+def stalled_upload(
+    config: Path, target: str, key: Key, data: bytes, limit: int, env: dict[str, str] | None
+) -> Pipes:
+    """A session that PUTs ``key`` and sends its bytes up to ``limit``, then stalls with
+    its connection open: its upload holds its claims on the nodes until it is closed."""
+    stream = Pipes([PROXY, "serve", "--config", str(config), target], env)
+    client = P2PClient(stream)
+    client.handshake()
+    with pytest.raises(ConnectionError):
+        client.put(key, CutOff(data, limit), len(data))
+    return stream
+
+
+def tmp_entries(d: Path) -> list[str]:
+    return sorted(os.listdir(d / "tmp")) if (d / "tmp").exists() else []
+
+
+def wait_for(what: str, ready: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not ready():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_interrupted_uploads_leave_no_pile_of_temps(
+    tmp_path: Path, sshd_factory: SSHDFactory, ssh_client_key: Path
+) -> None:
+    """Uploads of one key cut off, two sessions at a time (each writes under a claim
+    of its own), to a file:// and an sftp:// node: each node keeps one temp for the
+    key, not one per upload, and the upload that completes leaves tmp/ empty."""
+    config, home = tmp_path / "gw.toml", tmp_path / "gw-home"
+    dirs = [tmp_path / "n1", tmp_path / "n2"]
+    for d in dirs:
+        d.mkdir()
+    ssh_config_for(home, {"h2": sshd_factory("h2")}, ssh_client_key)
+    env = {"HOME": str(home)}
+    proxy_cli("add", "pair", f"n1=file://{dirs[0]}", f"n2=sftp://h2{dirs[1]}", config=config)
+    data = os.urandom(2 * 1024 * 1024)
+    key = key_for(data)
+
+    def claims() -> list[int]:
+        return [sum(".cluster-" in e for e in tmp_entries(d)) for d in dirs]
+
+    for i in range(3):
+        first = stalled_upload(config, "pair", key, data, 1_000_000 + 50_000 * i, env)
+        wait_for("the first upload did not start", lambda: claims() == [1, 1])
+        second = stalled_upload(config, "pair", key, data, 500_000 + 40_000 * i, env)
+        wait_for("the second upload did not start", lambda: claims() == [2, 2])
+        first.close()
+        second.close()
+        assert [len(tmp_entries(d)) for d in dirs] == [1, 1], [tmp_entries(d) for d in dirs]
+    client = session(config, "pair", env=env)
+    assert client.put(key, io.BytesIO(data), len(data)).stored
+    client.close()
+    assert [tmp_entries(d) for d in dirs] == [[], []]
+    assert [p.read_bytes() for d in dirs for p in objects(d)] == [data, data]
+
+
+def lock_files(config: Path) -> list[Path]:
+    return sorted(p for p in (config.parent / "locks").rglob("*") if p.is_file())
+
+
+def test_content_locks_leave_no_files_behind(gateway: tuple[Path, list[Path]]) -> None:
+    """A lock file goes when its last holder lets go: LOCKCONTENT and UNLOCKCONTENT,
+    a lock of an absent key, REMOVE refused and done; the locks of a session killed
+    while it held them go with the next session."""
+    config, nodes = gateway
+    data = b"locked, then not"
+    key = key_for(data)
+    holder, other = session(config, "archive"), session(config, "archive")
+    assert holder.put(key, io.BytesIO(data), len(data)).stored
+    assert holder.lockcontent(key_for(b"absent")) is False
+    assert lock_files(config) == []
+    assert holder.lockcontent(key) is True
+    assert other.lockcontent(key) is True
+    other.unlockcontent()
+    assert other.remove(key)[0] is False
+    assert len(lock_files(config)) == 2  # the holder's, one per node
+    holder.unlockcontent()
+    assert holder.checkpresent(key)  # a round trip: the unlock has been served
+    assert lock_files(config) == []
+    assert other.remove(key)[0] is True
+    assert lock_files(config) == []
+    assert other.put(key, io.BytesIO(data), len(data)).stored
+    killed = session(config, "archive")
+    assert killed.lockcontent(key) is True
+    killed.stream.proc.kill()  # type: ignore[attr-defined]
+    killed.stream.proc.wait()  # type: ignore[attr-defined]
+    assert len(lock_files(config)) == 2
+    session(config, "archive").close()
+    assert lock_files(config) == []
+    assert other.remove(key)[0] is True and not any(objects(n) for n in nodes)
+    holder.close()
+    other.close()
 
 
 def test_get_of_an_absent_key_is_invalid(gateway: tuple[Path, list[Path]]) -> None:

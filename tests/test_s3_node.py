@@ -66,6 +66,16 @@ class S3Conformance(NodeConformance):
         s3.create_bucket(BUCKET)
         return lambda: open_s3(s3, **self.params)
 
+    @pytest.fixture
+    def make_missing_node(self, s3: S3Server) -> NodeFactory:
+        def make() -> Node:
+            url = s3_url(s3, **self.params).replace(f"s3://{BUCKET}/", "s3://no-such-bucket/")
+            node = open_node(parse_node(url))
+            fast_retries(node)
+            return node
+
+        return make
+
     @pytest.fixture(autouse=True)
     def _server(self, s3: S3Server) -> None:
         self.server = s3
@@ -86,12 +96,14 @@ class TestChunkedS3NodeConformance(S3Conformance):
 class TestEncryptedS3NodeConformance(S3Conformance):
     utf8_names_only = False  # objects are named by an HMAC
     tells_sizes = False  # the stored size is the ciphertext's
+    checks_stored_size = False
     params = {"encryption": "shared", "cipher": CIPHER.to_config()}  # noqa: RUF012
 
 
 class TestChunkedEncryptedS3NodeConformance(S3Conformance):
     utf8_names_only = False
     tells_sizes = False
+    checks_stored_size = False
     params = {"chunk": "1MiB", "encryption": "shared", "cipher": CIPHER.to_config()}  # noqa: RUF012
 
 
@@ -261,3 +273,129 @@ def test_large_object_memory_stays_bounded(server: S3Server) -> None:
         tracemalloc.stop()
     assert node.present(key) == size
     assert peak < 8 * 5 * MiB, peak  # (concurrency + reading + copies in flight) parts
+
+
+# -- presence that means it ------------------------------------------------------------
+
+
+def _count_requests(node: Node) -> dict[str, int]:
+    """Requests the node's client sends, by operation name (botocore's event hooks)."""
+    counts: dict[str, int] = {}
+
+    def count(model: object, **_kwargs: object) -> None:
+        name = getattr(model, "name", "?")
+        counts[name] = counts.get(name, 0) + 1
+
+    base_of(node)._client.meta.events.register("before-call.s3", count)
+    return counts
+
+
+def test_a_deleted_bucket_is_unavailable_not_absent(server: S3Server) -> None:
+    """HEAD of an object in a missing bucket is a bare 404, like a missing object's:
+    the node asks about the bucket before it says "absent"."""
+    node = open_s3(server)
+    data = payload(100)
+    key = make_key(data)
+    node.store(key, io.BytesIO(data), len(data))
+    assert node.present(make_key(b"other")) is None  # the bucket is seen to exist
+    client = server.client()
+    client.delete_object(Bucket=BUCKET, Key=f"annex/{key}")
+    client.delete_bucket(Bucket=BUCKET)
+    fresh = open_s3(server)  # a new process: nothing seen yet
+    for op in (lambda: fresh.present(key), lambda: fresh.remove(key)):
+        with pytest.raises(Unavailable, match=r"bucket 'nodes' does not exist .*\(deleted"):
+            op()
+
+
+def test_the_bucket_is_asked_about_at_most_once_per_interval(
+    server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy of many new keys must not double its requests: one HEAD of the bucket per
+    BUCKET_RECHECK seconds, and none at all for keys that are there."""
+    import shared.nodes.s3 as s3_module
+
+    node = open_s3(server)
+    counts = _count_requests(node)
+    data = payload(10)
+    held = make_key(data)
+    node.store(held, io.BytesIO(data), len(data))
+    counts.clear()
+    assert node.present(held) == 10
+    assert counts == {"HeadObject": 1}
+    for n in range(50):
+        assert node.present(make_key(b"absent %d" % n)) is None
+    assert counts == {"HeadObject": 51, "HeadBucket": 1}
+    # After the interval, the next 404 asks again: a bucket deleted meanwhile shows.
+    server.client().delete_object(Bucket=BUCKET, Key=f"annex/{held}")
+    server.client().delete_bucket(Bucket=BUCKET)
+    monkeypatch.setattr(s3_module, "BUCKET_RECHECK", 0.0)
+    with pytest.raises(Unavailable, match="does not exist"):
+        node.present(held)
+
+
+def test_a_wrong_size_object_is_a_bad_replica_with_both_sizes(server: S3Server) -> None:
+    from shared.errors import BadReplica
+
+    node = open_s3(server)
+    data = payload(5000)
+    key = make_key(data)
+    server.put(BUCKET, f"annex/{key}", b"")
+    with pytest.raises(BadReplica) as info:
+        node.present(key)
+    assert str(info.value) == (
+        f"node n: {key} in s3://{BUCKET}/annex/ has 0 bytes, not 5000: a bad replica, "
+        "not a copy (a store replaces it)"
+    )
+    assert node.store(key, io.BytesIO(data), len(data)) is True
+    assert server.get(BUCKET, f"annex/{key}") == data
+
+
+def test_url_keys_keep_their_slashes_dot_segments_never_reach_the_endpoint(
+    server: S3Server,
+) -> None:
+    """Objects are named as git-annex's S3 remote names them (fileprefix ++ key, '/'
+    and all, so both read each other's URL keys); a key with a '.' or '..' segment is
+    refused before any request, even one made without the parser's checks."""
+    from shared.errors import InvalidKey
+    from shared.keys import Key
+
+    node = open_s3(server)
+    url_key = Key.parse("URL--https://example.com/a//b/")
+    node.store(url_key, io.BytesIO(b"page"), 4)
+    assert server.list_keys(BUCKET) == ["annex/URL--https://example.com/a//b/"]
+    with pytest.raises(InvalidKey):
+        Key.parse("WORM--x/../../other/KEY")
+    forged = object.__new__(Key)  # past __post_init__, as a bug elsewhere might make one
+    for field, value in (("backend", "WORM"), ("name", "x/../../other/KEY")):
+        object.__setattr__(forged, field, value)
+    for field in ("size", "mtime", "chunk_size", "chunk_num"):
+        object.__setattr__(forged, field, None)
+    counts = _count_requests(node)
+    for op in (
+        lambda: node.present(forged),
+        lambda: node.store(forged, io.BytesIO(b"x"), 1),
+        lambda: node.remove(forged),
+        lambda: node.retrieve(forged, io.BytesIO()),
+    ):
+        with pytest.raises(InvalidKey, match="segment"):
+            op()
+    assert counts == {}
+
+
+def test_a_chunk_of_the_wrong_size_is_a_bad_replica_and_a_store_rewrites_it(
+    server: S3Server,
+) -> None:
+    """Every chunk must be there with the exact size its position gives it."""
+    from shared.errors import BadReplica
+
+    node = open_s3(server, chunk="1000")
+    data = payload(2500)
+    key = make_key(data)
+    node.store(key, io.BytesIO(data), len(data))
+    second = ChunkedNode(node, 1000).chunks(key)[1]
+    server.put(BUCKET, f"annex/{second}", data[1000:1500])
+    with pytest.raises(BadReplica, match=r"-C2--.* has 500 bytes, not 1000"):
+        node.present(key)
+    assert node.store(key, io.BytesIO(data), len(data)) is True
+    assert node.present(key) == 2500
+    assert server.get(BUCKET, f"annex/{second}") == data[1000:2000]

@@ -11,7 +11,14 @@ from typing import Any
 
 import paramiko
 import pytest
-from node_conformance import NodeConformance, NodeFactory, ResumableConformance, make_key, payload
+from node_conformance import (
+    NodeConformance,
+    NodeFactory,
+    ResumableConformance,
+    make_key,
+    payload,
+    plant_leftovers,
+)
 from sshd import SSHDFactory, ssh_config_for
 
 import shared.nodes.sftp as sftp_module
@@ -52,6 +59,10 @@ class TestSFTPNodeConformance(NodeConformance, ResumableConformance):
         root = tmp_path / "node"
         root.mkdir()
         return lambda: sftp_node(pool, root)
+
+    @pytest.fixture
+    def make_missing_node(self, tmp_path: Path, pool: SSHPool) -> NodeFactory:
+        return lambda: sftp_node(pool, tmp_path / "gone")
 
     def leftovers(self, node: Node) -> list[str]:
         assert isinstance(node, SFTPNode)
@@ -251,3 +262,18 @@ def test_a_failed_fsync_is_never_committed(
     monkeypatch.undo()
     _fsync_answers(monkeypatch, paramiko.sftp.SFTP_OP_UNSUPPORTED)
     assert store() and node.present(key) == len(data)
+
+
+def test_an_upload_removes_this_hosts_leftovers_of_the_key_only(
+    tmp_path: Path, pool: SSHPool
+) -> None:
+    root = tmp_path / "node"
+    root.mkdir()
+    data = payload(50_000)
+    key = make_key(data)
+    stays = plant_leftovers(root / "tmp", key, make_key(b"another key"))
+    node = sftp_node(pool, root)
+    node._exec_ok = False
+    assert node.store_from(key, io.BytesIO(data), len(data), 0, print)
+    assert sorted(os.listdir(root / "tmp")) == stays
+    assert node.present(key) == len(data)

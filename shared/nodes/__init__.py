@@ -13,15 +13,18 @@ from dataclasses import replace
 
 from shared.errors import ConfigError
 from shared.nodes.base import Node, Usage
+from shared.nodes.owner import Ownership
 from shared.nodeurl import NodeSpec, parse_size
 
 __all__ = [
     "LAYER_PARAMS",
     "Node",
+    "Ownership",
     "Usage",
     "generate_ciphers",
     "needs_cipher",
     "open_node",
+    "open_storage",
     "with_ciphers",
 ]
 
@@ -61,34 +64,58 @@ def generate_ciphers(specs: list[NodeSpec], ciphers: dict[str, str]) -> list[str
     return new
 
 
-def open_node(spec: NodeSpec, client_uuid: str | None = None, trusted_source: bool = True) -> Node:
+def open_node(
+    spec: NodeSpec,
+    client_uuid: str | None = None,
+    trusted_source: bool = True,
+    ownership: Ownership | None = None,
+) -> Node:
     """Build the node for a spec; backends are imported lazily to keep start-up cheap.
 
     ``client_uuid`` is who is asking: git-annex repository nodes record transfers
     under it (the cluster remote passes its own UUID). ``trusted_source``: False
     on a gateway, whose uploads are only verified at their end (see
-    ``shared.nodes.chunked``)."""
-    if spec.scheme == "s3" and "annexremote" in spec.params:
-        from shared.nodes.s3 import adopt_annex_remote
-
-        spec = adopt_annex_remote(spec)
+    ``shared.nodes.chunked``). ``ownership``: the remote (or gateway target) whose
+    node this is; a node whose storage records its owner then writes and removes
+    only while that is this remote (``shared.nodes.owner``)."""
+    spec = _adopted(spec)
     layers = {k: v for k, v in spec.params.items() if k in LAYER_PARAMS}
     if layers and spec.scheme not in _LAYERED_SCHEMES:
         raise ConfigError(
             f"node {spec.name}: {', '.join(sorted(layers))} apply to file://, sftp:// and s3:// "
             "nodes; a git-annex repository or gateway stores keys as it is given them"
         )
-    inner_spec = replace(
-        spec, params={k: v for k, v in spec.params.items() if k not in LAYER_PARAMS}
-    )
-    node = _backend(inner_spec, client_uuid)
+    node = _backend(_unlayered(spec), client_uuid)
     node = _layer(node, spec, layers, trusted_source)
     if spec.scheme in ("sftp", "s3", "annex", "annex+ssh", "gateway+ssh"):
         from shared.nodes.retry import RetryingNode
 
         # S3 nodes retry each request themselves: here only the "down for a while" part.
         node = RetryingNode(node, attempts=1 if spec.scheme == "s3" else 3)
+    if ownership is not None and node.records_owner:
+        from shared.nodes.owner import OwnedNode
+
+        node = OwnedNode(node, ownership)
     return node
+
+
+def open_storage(spec: NodeSpec) -> Node:
+    """The storage under a node's chunking and encryption, without retries: enough to
+    read or write its owner marker before the node has a cipher (a node being added)."""
+    spec = _adopted(spec)
+    return _backend(_unlayered(spec), None)
+
+
+def _adopted(spec: NodeSpec) -> NodeSpec:
+    if spec.scheme == "s3" and "annexremote" in spec.params:
+        from shared.nodes.s3 import adopt_annex_remote
+
+        return adopt_annex_remote(spec)
+    return spec
+
+
+def _unlayered(spec: NodeSpec) -> NodeSpec:
+    return replace(spec, params={k: v for k, v in spec.params.items() if k not in LAYER_PARAMS})
 
 
 def _backend(spec: NodeSpec, client_uuid: str | None) -> Node:
@@ -139,14 +166,13 @@ def _layer(node: Node, spec: NodeSpec, layers: dict[str, str], trusted_source: b
     elif "cipher" in layers or "mac" in layers:
         raise ConfigError(f"node {spec.name}: mac= and cipher= need encryption=shared")
     chunk = layers.get("chunk", "")
-    if chunk and chunk != "0":
+    if chunk:
         from shared.nodes.chunked import ChunkedNode
 
         try:
             size = parse_size(chunk)
         except ConfigError as e:
             raise ConfigError(f"node {spec.name}: chunk: {e}") from e
-        if size < 1:
-            raise ConfigError(f"node {spec.name}: chunk= must be at least 1 byte, or 0 for none")
-        node = ChunkedNode(node, size, trusted_source=trusted_source)
+        if size > 0:  # 0 (also "0.4", which rounds to 0) is no chunking, as in git-annex
+            node = ChunkedNode(node, size, trusted_source=trusted_source)
     return node

@@ -6,16 +6,28 @@ Contracts (the cluster and the conformance tests rely on them):
   the key is absent. A node that can confirm presence but not tell sizes (a
   git-annex repository over P2P, for a key that does not carry its size) returns
   ``UNKNOWN_SIZE``. Anything short of a confirmation raises ``Unavailable``:
-  an unreachable node never looks like an empty one.
+  an unreachable node never looks like an empty one, and neither does a node
+  whose storage is missing (its directory, bucket or repository): that is
+  "cannot tell", not "absent".
+- Presence means the key's content size: where the node can tell the stored
+  size and the key carries one (``key.content_size``), an object of another
+  size under the key's name (a 0-byte leftover, a truncated copy) is not the
+  key: ``present`` raises ``BadReplica`` (one line naming the node, the key and
+  both sizes), and so does ``retrieve`` before it sends a byte.
 - ``store(key, source, size)`` is atomic and idempotent: partial data is never
   visible under the key's name, and storing a present key succeeds without
   reading ``source``. It returns True when it wrote the object, False when the
-  key was already there. It reads ``source`` to EOF and refuses to commit if the
-  byte count differs from ``size``.
+  key was already there, which it only says for an object of exactly ``size``
+  bytes: anything else under the key's name is replaced, atomically. It reads
+  ``source`` to EOF and refuses to commit if the byte count differs from ``size``.
 - ``retrieve(key, sink, offset)`` writes the object's bytes from ``offset`` to
   the end, sequentially, to ``sink``; ``NotFound`` when absent.
 - ``remove(key)`` succeeds when the key is absent afterwards, including when it
-  never was there.
+  never was there; a node that cannot tell (its storage is missing) raises
+  ``Unavailable``.
+- ``owner()`` / ``claim(uuid)`` (nodes that ``records_owner``): the UUID of the remote
+  or gateway target that owns the storage, kept in a small marker beside the objects
+  (``shared.nodes.owner``); see their docstrings.
 - Errors are the flat types of ``shared.errors``, translated at the backend's edge.
 """
 
@@ -26,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.errors import IntegrityError, InvalidKey, Unsupported
+from shared.errors import BadReplica, IntegrityError, InvalidKey, Unsupported
 from shared.keys import Key
 from shared.nodeurl import NodeSpec
 
@@ -77,6 +89,20 @@ UNKNOWN_SIZE = -1  # present, size not known (see the contract above)
 #: The keys a caller knows of (the repository's git-annex branch), asked for only by
 #: nodes whose object names cannot be read back as keys (encrypted names).
 KnownKeys = Callable[[], Iterable[Key]]
+
+
+def check_size(key: Key, stored: int, node: str, where: str = "") -> int:
+    """``stored`` when it is the key's content size (or the key does not say); else
+    ``BadReplica``: the object under the key's name is not the key."""
+    expected = key.content_size
+    if expected is not None and stored != UNKNOWN_SIZE and stored != expected:
+        place = f" in {where}" if where else ""
+        raise BadReplica(
+            f"{key}{place} has {stored} bytes, not {expected}: a bad replica, not a copy "
+            "(a store replaces it)",
+            node,
+        )
+    return stored
 
 
 def copy_exact(source: Readable, out: Writable, size: int, key: Key, node: str) -> None:
@@ -131,6 +157,32 @@ class Node(ABC):
 
     def check(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise ``Unavailable`` cheaply if the node obviously cannot be used right now."""
+
+    #: ``owner`` and ``claim`` work: the storage holds a marker naming its owner (plain
+    #: storage: directories, buckets). Nodes with an identity of their own (a git-annex
+    #: repository, another gateway's target) record nothing: that identity is the owner.
+    records_owner = False
+
+    def owner(self) -> str | None:
+        """The UUID recorded as the owner of the storage: the remote (or gateway target)
+        that writes and removes there. None when no owner is recorded (storage written
+        before markers existed, or never used), and always None for nodes that do not
+        ``records_owner``. Raises ``Unavailable`` when it cannot tell (an unreachable
+        node is never "unowned"), ``NotOwner`` when the record is not a UUID."""
+        return None
+
+    def claim(self, uuid: str, take_over: bool = False) -> str:
+        """Record ``uuid`` as the owner unless another owner is recorded; return the owner
+        recorded afterwards: ``uuid`` when the claim took (or the record was ours
+        already), the other owner otherwise. ``take_over``: replace another owner's
+        record. The record appears whole (a temp and a rename, or one PUT); a claim of
+        unowned storage is exclusive where the storage can make it so (a hard link, an
+        SFTP rename, a conditional PUT), so that of two first claims one wins and the
+        other returns the winner. A claim by the recorded owner writes nothing, so
+        calling it once per process is cheap. Raises like ``owner``, and
+        ``PermissionDenied`` when the record cannot be written. Nodes that do not
+        ``records_owner`` write nothing and return ``uuid``."""
+        return uuid
 
     @abstractmethod
     def present(self, key: Key) -> int | None: ...
@@ -229,6 +281,16 @@ class Layer(Node):
 
     def check(self) -> None:
         self.inner.check()
+
+    @property
+    def records_owner(self) -> bool:  # type: ignore[override]
+        return self.inner.records_owner
+
+    def owner(self) -> str | None:
+        return self.inner.owner()
+
+    def claim(self, uuid: str, take_over: bool = False) -> str:
+        return self.inner.claim(uuid, take_over)
 
     def usage(self) -> Usage | None:
         return self.inner.usage()

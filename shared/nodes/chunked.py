@@ -13,7 +13,10 @@ match the key at its end, so chunks left behind by an earlier, unverified
 upload are never reused, and a failed store removes the chunks it wrote.
 
 The key counts as present only when every chunk is (as git-annex's checkpresent
-decides), so a partial chunk set is never visible as the key.
+decides), each with exactly the size its position gives it (chunk keys carry the
+whole's size, the chunk size and the chunk number), so a partial chunk set is never
+visible as the key. A chunk of another size is a bad replica (``BadReplica``): the
+key is not here, and a store writes that chunk again.
 """
 
 from __future__ import annotations
@@ -23,9 +26,18 @@ import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from shared.errors import IntegrityError, NodeError, NotFound
+from shared.errors import BadReplica, IntegrityError, NodeError, NotFound
 from shared.keys import Key
-from shared.nodes.base import KnownKeys, Layer, Node, Readable, Writable, read_up_to
+from shared.nodes.base import (
+    UNKNOWN_SIZE,
+    KnownKeys,
+    Layer,
+    Node,
+    Readable,
+    Writable,
+    check_size,
+    read_up_to,
+)
 
 # Chunks up to this size are read into memory and stored several at a time
 # (small objects are latency-bound); larger ones stream, one at a time.
@@ -118,13 +130,31 @@ class ChunkedNode(Layer):
             else:
                 missing[parent] = left
 
+    def _chunk_present(self, chunk: Key) -> bool:
+        """Whether the chunk is there with its exact size; BadReplica when another size
+        is (the layer below raises it itself where it can tell sizes)."""
+        size = self.inner.present(chunk)
+        if size is None:
+            return False
+        if size != UNKNOWN_SIZE:
+            check_size(chunk, size, self.name)
+        return True
+
+    def _chunk_state(self, chunk: Key) -> bool | None:
+        """For a store: True when the chunk is there with its size, False when absent,
+        None for a bad replica of it (another size: written again)."""
+        try:
+            return self._chunk_present(chunk)
+        except BadReplica:
+            return None
+
     def _all_present(self, chunks: list[Key]) -> bool:
         """Whether every chunk is there: the first is asked alone (a missing key costs
         one request), the rest in parallel."""
-        if self.inner.present(chunks[0]) is None:
+        if not self._chunk_present(chunks[0]):
             return False
-        results = list(self._executor().map(self.inner.present, chunks[1:]))
-        return all(r is not None for r in results)
+        results = list(self._executor().map(self._chunk_present, chunks[1:]))
+        return all(results)
 
     def present(self, key: Key) -> int | None:
         if _unchunkable(key):
@@ -147,19 +177,19 @@ class ChunkedNode(Layer):
         chunks = self.chunks(key)
         first = 0
         if self.trusted_source:
-            while first < len(chunks) and self.inner.present(chunks[first]) is not None:
+            while first < len(chunks) and self._chunk_state(chunks[first]) is True:
                 first += 1
             if first == len(chunks):
                 return False
             _skip(source, first * self.chunk_size)
         else:
-            held = list(self._executor().map(self.inner.present, chunks))
-            if all(h is not None for h in held):
+            held = list(self._executor().map(self._chunk_state, chunks))
+            if all(h is True for h in held):
                 return False  # complete sets only come from verified uploads
-            # Chunks of an earlier upload that never verified: never reused, not even
-            # when their size is right.
+            # Chunks of an earlier upload that never verified (or of another size): never
+            # reused, not even when their size is right.
             for chunk, h in zip(chunks, held, strict=True):
-                if h is not None:
+                if h is not False:
                     self.inner.remove(chunk)
         written: list[Key] = []
         try:

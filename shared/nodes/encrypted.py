@@ -16,9 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from shared.crypto import Cipher, Decryptor, EncryptingReader, encrypted_size
-from shared.errors import IntegrityError, Unsupported
+from shared.errors import BadReplica, IntegrityError, Unsupported
 from shared.keys import Key
 from shared.nodes.base import UNKNOWN_SIZE, KnownKeys, Layer, Node, Readable, Writable
+
+# The smallest OpenPGP message a passphrase decrypts (RFC 4880): a symmetric-key
+# session key packet (2 bytes of header, version, cipher, a 2-byte S2K: 6) and an
+# encrypted data packet (2 bytes of header and at least a 64-bit cipher's random
+# prefix, 8 + 2 bytes: 12). Nothing shorter is a message at all.
+MIN_MESSAGE = 18
 
 
 class _DecryptingSink:
@@ -71,9 +77,21 @@ class EncryptedNode(Layer):
                 yield key
 
     def present(self, key: Key) -> int | None:
-        if self.inner.present(self.stored_key(key)) is None:
+        """The stored size is the ciphertext's. What we write has exactly
+        ``encrypted_size(content size)`` bytes, but what git-annex writes (gpg, which
+        compresses) has a size that depends on the content, so only a size that no
+        OpenPGP message can have is a bad replica: below ``MIN_MESSAGE`` (a 0-byte
+        leftover, say). Anything else is checked when read (it must decrypt and the
+        plaintext matches the key's size and hash)."""
+        stored = self.inner.present(self.stored_key(key))
+        if stored is None:
             return None
-        # The stored size is the ciphertext's; gpg's output is compressed.
+        if stored != UNKNOWN_SIZE and stored < MIN_MESSAGE:
+            raise BadReplica(
+                f"{key} is stored as {stored} bytes, which no encrypted message can be: "
+                "a bad replica, not a copy (a store replaces it)",
+                self.name,
+            )
         size = key.content_size
         return UNKNOWN_SIZE if size is None else size
 

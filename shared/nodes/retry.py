@@ -85,6 +85,13 @@ class RetryingNode(Layer):
     def check(self) -> None:
         self._call(self.inner.check)
 
+    def owner(self) -> str | None:
+        return self._call(self.inner.owner)
+
+    def claim(self, uuid: str, take_over: bool = False) -> str:
+        # Safe to repeat: a claim that took answers the same when asked again.
+        return self._call(lambda: self.inner.claim(uuid, take_over))
+
     def present(self, key: Key) -> int | None:
         return self._call(lambda: self.inner.present(key))
 

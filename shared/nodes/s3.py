@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -46,12 +47,25 @@ from shared.errors import (
     Unsupported,
 )
 from shared.keys import Key
-from shared.nodes.base import BLOCK, KnownKeys, Node, Readable, Writable, read_up_to
+from shared.nodes.base import (
+    BLOCK,
+    KnownKeys,
+    Node,
+    Readable,
+    Writable,
+    check_size,
+    read_up_to,
+)
+from shared.nodes.owner import MARKER, MARKER_MAX, marker_text, parse_marker
 from shared.nodeurl import NodeSpec, parse_size
 
 T = TypeVar("T")
 
 MiB = 1024 * 1024
+# HEAD of an object in a missing bucket is a bare 404, like a missing object: a 404
+# is only taken for "absent" once the bucket was seen to exist within this many seconds
+# (one HEAD of the bucket at most this often, not one per key).
+BUCKET_RECHECK = 10.0
 DEFAULT_PARTSIZE = 8 * MiB
 MIN_PARTSIZE = 5 * MiB  # S3's limit for every part but the last
 MAX_PARTS = 10_000
@@ -202,6 +216,7 @@ class S3Node(Node):
             raise ConfigError(f"node {spec.name}: concurrency must be 1 to 64 and attempts 1 to 20")
         self._client_obj: Any = None
         self._client_lock = threading.Lock()
+        self._bucket_seen = float("-inf")  # when the bucket was last seen to exist
         self._parts_pool: ThreadPoolExecutor | None = None
         # Tests shorten the backoff; users get S3's recommended exponential backoff.
         self.initial_wait = 0.25
@@ -239,8 +254,14 @@ class S3Node(Node):
             return self._client_obj
 
     def _object(self, key: Key) -> str:
-        """``prefix + key``; raises Unsupported for keys S3 cannot name (not UTF-8)."""
-        name = self.prefix + str(key)
+        """``prefix + key``, as git-annex's S3 remote names objects; raises Unsupported
+        for keys S3 cannot name (not UTF-8). Keys may hold ``/`` (URL keys), never a
+        ``.`` or ``..`` segment (``shared.keys``, checked again here): no name leaves
+        the prefix, even through a server that normalises paths."""
+        text = str(key)
+        if "/." in text and any(seg in (".", "..") for seg in text.split("/")):
+            raise InvalidKey(f"{text!r:.80}: a '.' or '..' segment would leave the prefix")
+        name = self.prefix + text
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
@@ -268,8 +289,8 @@ class S3Node(Node):
             return NotFound(f"{what}: not in {self.where}", self.name)
         if code == "NoSuchBucket":
             return Unavailable(
-                f"{what}: bucket {self.bucket!r} does not exist at {self.endpoint or 'AWS'}; "
-                "create it or fix the node URL",
+                f"{what}: bucket {self.bucket!r} does not exist at {self.endpoint or 'AWS'} "
+                "(deleted, or the URL names the wrong bucket); create it or fix the node URL",
                 self.name,
             )
         if code in _DENIED_CODES:
@@ -335,12 +356,90 @@ class S3Node(Node):
 
         self._call("checking the bucket", head)
 
+    # -- the owner marker (shared.nodes.owner) -------------------------------
+
+    records_owner = True
+
+    def owner(self) -> str | None:
+        name = self.prefix + MARKER
+
+        def get() -> bytes | None:
+            try:
+                reply = self._client.get_object(Bucket=self.bucket, Key=name)
+            except Exception as e:
+                if _code(e) == "NoSuchKey":  # not a bare 404: that may be a missing bucket
+                    return None
+                raise
+            body = reply["Body"]
+            try:
+                return bytes(body.read(MARKER_MAX))
+            finally:
+                body.close()
+
+        data = self._call("reading the owner record", get)
+        if data is None:
+            return None
+        return parse_marker(data, self.name, f"s3://{self.bucket}/{name}")
+
+    def claim(self, uuid: str, take_over: bool = False) -> str:
+        current = self.owner()
+        if current == uuid or (current is not None and not take_over):
+            return current
+        name = self.prefix + MARKER
+        text = marker_text(uuid)
+        # Unowned: a conditional PUT, so that of two first claims one wins.
+        conditional = {"IfNoneMatch": "*"} if current is None else {}
+
+        def put() -> None:
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=name, Body=text, **conditional)
+            except Exception as e:
+                code = _code(e)
+                if conditional and code in ("PreconditionFailed", "412"):
+                    return  # another claim came first: read below whose
+                if conditional and code in ("NotImplemented", "501"):
+                    # An endpoint without conditional writes: a plain PUT (atomic too).
+                    self._client.put_object(Bucket=self.bucket, Key=name, Body=text)
+                    return
+                raise
+
+        self._call("recording the owner", put)
+        return self.owner() or uuid
+
     def present(self, key: Key) -> int | None:
         try:
             name = self._object(key)
         except Unsupported:
             return None  # it cannot be here
-        return self._head(name, f"checking {key}")
+        what = f"checking {key}"
+        size = self._head(name, what)
+        if size is None:
+            self._bucket_exists(what)  # a bare 404 is also what a missing bucket answers
+            return None
+        return check_size(key, size, self.name, f"s3://{self.bucket}/{self.prefix}")
+
+    def _bucket_exists(self, what: str) -> None:
+        """Raise Unavailable unless the bucket exists: asked at most once per
+        ``BUCKET_RECHECK`` seconds, so a copy of a thousand new keys pays it once or
+        twice, while a bucket deleted (or misnamed) makes every absent key "cannot
+        tell" within seconds. A refused HEAD (403) is a bucket that exists."""
+        now = time.monotonic()
+        if now - self._bucket_seen < BUCKET_RECHECK:
+            return
+
+        def head() -> None:
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+            except Exception as e:
+                code = _code(e)
+                if code in ("403", "AccessDenied"):
+                    return  # S3 answers 404 for a missing bucket, 403 for another's
+                if code in _ABSENT_CODES:  # HEAD has no body, hence no NoSuchBucket
+                    e.response["Error"]["Code"] = "NoSuchBucket"  # type: ignore[attr-defined]
+                raise
+
+        self._call(what, head)
+        self._bucket_seen = now
 
     def store(self, key: Key, source: Readable, size: int) -> bool:
         if self._head(self._object(key), f"storing {key}") == size:
@@ -472,6 +571,10 @@ class S3Node(Node):
                 raise
             total = _total_size(reply, position)
             body = reply["Body"]
+            expected = key.content_size
+            if total is not None and expected is not None and total != expected:
+                body.close()  # not the key: not one byte of it goes to the sink
+                check_size(key, total, self.name, f"s3://{self.bucket}/{self.prefix}")
             try:
                 for block in _blocks(body):
                     sink.write(block)
@@ -511,14 +614,15 @@ class S3Node(Node):
 
     def _listing(self) -> Iterator[tuple[str, int]]:
         """Object names under the prefix, prefix removed, streamed page by page
-        (git-annex's S3 remote keeps its UUID in ``annex-uuid`` there: not an object)."""
+        (git-annex's S3 remote keeps its UUID in ``annex-uuid`` there, and the node its
+        owner in ``.cluster-owner``: neither is an object)."""
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)
         try:
             for page in pages:
                 for item in page.get("Contents", []):
                     name = item["Key"][len(self.prefix) :]
-                    if name != "annex-uuid":
+                    if name not in ("annex-uuid", MARKER):
                         yield name, int(item.get("Size", 0))
         except Exception as e:
             raise self._translate(e, "listing the bucket") from e
@@ -569,6 +673,16 @@ _UNSUPPORTED = {
 }
 
 
+def _same_size(field: str, ours: str, theirs: str) -> bool:
+    """``chunk=1153434`` in the node URL and git-annex's ``chunk=1.1MiB`` agree."""
+    if field != "chunk":
+        return False
+    try:
+        return parse_size(ours) == parse_size(theirs)
+    except ConfigError:
+        return False
+
+
 def adopt_annex_remote(spec: NodeSpec, cwd: Path | None = None) -> NodeSpec:
     """Fill in bucket, prefix, endpoint, chunking and cipher from the repository's git-annex
     S3 remote named by ``annexremote=``, so both read and write the same objects."""
@@ -598,9 +712,13 @@ def adopt_annex_remote(spec: NodeSpec, cwd: Path | None = None) -> NodeSpec:
         adopted["mac"] = config.get("mac", "HMACSHA1")
     chunk = config.get("chunk", "")
     if chunk and chunk != "0":
+        try:  # the same size as git-annex, or the two sides miss each other's chunks
+            parse_size(chunk)
+        except ConfigError as e:
+            raise ConfigError(f"{where} has chunk={chunk}, which cannot be read: {e}") from e
         adopted["chunk"] = chunk
     for key, value in adopted.items():
-        if key in params and params[key] != value:
+        if key in params and params[key] != value and not _same_size(key, params[key], value):
             raise ConfigError(f"{where} has {key}={value}, but the node URL says {params[key]}")
     host = config.get("host")
     if host and "endpoint" not in params:

@@ -7,6 +7,8 @@ pipelined and written under ``tmp/``, fsynced where the server offers
 read ahead a bounded window. Long transfers (``EXEC_MIN``) go through an exec
 channel (``cat``, ``tail -c``) where the account has a shell: far less CPU in
 paramiko than SFTP requests; the temp, its size check and the rename stay SFTP's.
+A gateway's uploads keep what they wrote in ``tmp/resume-*`` as on ``file://``
+nodes (``shared.nodes.tmpnames``).
 The node never retries: it reports a lost connection as ``Unavailable`` (after
 dropping the connection, so the next call reconnects), and the retry wrapper
 decides.
@@ -34,13 +36,23 @@ from shared.errors import (
     wrong_content,
 )
 from shared.keys import Key
-from shared.nodes.base import BLOCK, EXPENSIVE_COST, Node, Readable, Usage, Writable
+from shared.nodes.base import (
+    BLOCK,
+    EXPENSIVE_COST,
+    Node,
+    Readable,
+    Usage,
+    Writable,
+    check_size,
+)
+from shared.nodes.owner import MARKER, MARKER_MAX, marker_text, parse_marker
 from shared.nodes.tmpnames import (
     abandoned_claims,
     claim_name,
     is_stale,
     new_tmp_name,
     resume_name,
+    unsettled,
 )
 from shared.nodeurl import NodeSpec
 from shared.ssh import (
@@ -173,6 +185,8 @@ class SFTPNode(Node):
         """
         paths = self._candidates(key)
         replies = sftp.batch([_stat(sftp, p) for p in (*paths, self.root)])
+        expected = key.content_size
+        found: tuple[str, int] | None = None  # of the candidates, one of the key's size first
         for path, reply in zip(paths, replies, strict=False):
             if isinstance(reply, FileNotFoundError):
                 continue
@@ -180,18 +194,81 @@ class SFTPNode(Node):
                 raise reply
             attrs = _attrs(reply)
             if attrs.st_mode is not None and stat.S_ISREG(attrs.st_mode):
-                return path, attrs.st_size or 0
+                size = attrs.st_size or 0
+                if expected is None or size == expected:
+                    return path, size
+                found = found or (path, size)
         problem = self._root_problem(replies[-1])
         if problem:
             raise problem
-        return None
+        return found
+
+    def _holds(self, sftp: SFTPSession, key: Key, size: int) -> bool:
+        """Whether the key is stored with exactly ``size`` bytes; anything else under its
+        name (a 0-byte leftover, a truncated copy) is for a store to replace."""
+        found = self._find(sftp, key)
+        return found is not None and found[1] == size
+
+    # -- the owner marker (shared.nodes.owner) -------------------------------
+
+    records_owner = True
+
+    def _read_owner(self, sftp: SFTPSession) -> str | None:
+        path = self._path(MARKER)
+        try:
+            with sftp.open(path, "rb") as f:
+                data = f.read(MARKER_MAX)
+        except FileNotFoundError:
+            problem = self._root_problem(sftp.batch([_stat(sftp, self.root)])[0])
+            if problem:  # absent only while the directory is still there
+                raise problem from None
+            return None
+        return parse_marker(data, self.name, f"{path} on {self.target}")
+
+    def owner(self) -> str | None:
+        with self._sftp("reading the owner record") as sftp:
+            return self._read_owner(sftp)
+
+    def claim(self, uuid: str, take_over: bool = False) -> str:
+        with self._sftp("recording the owner") as sftp:
+            current = self._read_owner(sftp)
+            if current == uuid or (current is not None and not take_over):
+                return current
+            path = self._path(MARKER)
+            temp = self._path(f"{MARKER}.{new_tmp_name()}")
+            try:
+                with sftp.open(temp, "wbx") as f:
+                    f.write(marker_text(uuid))
+                if current is None:
+                    try:
+                        # OpenSSH renames by link(): an existing name is refused, so of
+                        # two first claims one wins.
+                        sftp.rename(temp, path)
+                    except OSError:
+                        winner = self._read_owner(sftp)
+                        if winner is None:
+                            raise
+                        return winner
+                else:
+                    try:
+                        sftp.posix_rename(temp, path)
+                    except OSError:  # no posix-rename@openssh.com: not atomic, but rare
+                        with suppress(FileNotFoundError):
+                            sftp.remove(path)
+                        sftp.rename(temp, path)
+            finally:
+                with suppress(OSError):
+                    sftp.remove(temp)
+            return self._read_owner(sftp) or uuid
 
     # -- Node interface -----------------------------------------------------
 
     def present(self, key: Key) -> int | None:
         with self._sftp(f"checking {key}") as sftp:
             found = self._find(sftp, key)
-        return None if found is None else found[1]
+        if found is None:
+            return None
+        return check_size(key, found[1], self.name, f"{self.root} on {self.target}")
 
     def store(self, key: Key, source: Readable, size: int) -> bool:
         """Three round trips whatever the size (they dominate small objects on a WAN):
@@ -219,7 +296,7 @@ class SFTPNode(Node):
             )
             handle = None if by_exec else _handle(opened)
             try:
-                if not isinstance(present, OSError) and stat.S_ISREG(_attrs(present).st_mode or 0):
+                if not isinstance(present, OSError) and _is_file_of(_attrs(present), size):
                     return False  # already there (idempotent store); the source is left unread
                 if isinstance(made_tmp, OSError):
                     raise self._root_problem(sftp.batch([_stat(sftp, self.root)])[0]) or made_tmp
@@ -254,7 +331,7 @@ class SFTPNode(Node):
                 try:
                     sftp.rename(tmpdir, final)
                 except OSError:
-                    self._rename_into_place(sftp, key, tmpdir, final, hashdirs)
+                    self._rename_into_place(sftp, key, size, tmpdir, final, hashdirs)
                 tmpdir = ""
             finally:
                 if handle is not None:
@@ -315,42 +392,68 @@ class SFTPNode(Node):
 
     resumable = True
 
-    def _kept(self, sftp: SFTPSession, key: Key) -> list[str]:
-        """Where interrupted uploads of ``key`` left bytes, in the order a store takes
-        them: the released temp, then claims whose process is gone (tmpnames)."""
+    def _kept(self, sftp: SFTPSession, key: Key) -> list[tuple[str, int]]:
+        """What interrupted uploads of ``key`` left that no running upload holds (the
+        released temp, claims whose process is gone: tmpnames), with the bytes each
+        holds (-1: none), the most first: the one a store takes."""
         tmp = self._path("tmp")
-        free = posixpath.join(tmp, resume_name(str(key)))
-        if not isinstance(sftp.batch([_stat(sftp, free)])[0], OSError):
-            return [free]
         try:
-            names = sftp.listdir(tmp)
-        except (OSError, UnicodeDecodeError):
-            return []
-        return [posixpath.join(tmp, name) for name in abandoned_claims(str(key), names)]
+            claims = abandoned_claims(str(key), sftp.listdir(tmp))
+        except (OSError, UnicodeDecodeError):  # a name paramiko cannot decode
+            claims = []  # the released temp is found by its name alone
+        free = posixpath.join(tmp, resume_name(str(key)))
+        paths = [free, *(posixpath.join(tmp, n) for n in claims)]
+        sizes = _sizes(sftp, [posixpath.join(p, key.file_name) for p in paths])
+        # The released temp is there when it has bytes; a claim may have none (its
+        # process was killed before it wrote) and is there all the same.
+        found = [(p, n) for p, n in zip(paths, sizes, strict=True) if n >= 0 or p != free]
+        return sorted(found, key=lambda entry: -entry[1])
 
     def partial(self, key: Key) -> int:
         with self._sftp(f"looking for a kept upload of {key}") as sftp:
-            for kept in self._kept(sftp, key):
-                reply = sftp.batch([_stat(sftp, posixpath.join(kept, key.file_name))])[0]
-                if not isinstance(reply, OSError):
-                    return _attrs(reply).st_size or 0
-        return 0
+            kept = self._kept(sftp, key)
+        return max(kept[0][1], 0) if kept else 0
 
     def _claim(self, sftp: SFTPSession, key: Key) -> str:
         """The key's kept bytes under a name of this store alone (a rename has one
         winner, so two uploads of one key never share a file), or a new empty temp.
-        SFTP has no locks; this is what keeps concurrent uploads apart."""
+        SFTP has no locks; this is what keeps concurrent uploads apart. What else was
+        kept holds fewer bytes: of no use any more, it is dropped."""
         mine = self._path("tmp", claim_name(str(key)))
         sftp.batch([_mkdir(sftp, self._path("tmp"))])
-        for kept in self._kept(sftp, key):
+        taken = False
+        for kept, _ in self._kept(sftp, key):
+            if taken:
+                self._drop(sftp, kept, key.file_name)
+                continue
             try:
                 sftp.rename(kept, mine)
             except FileNotFoundError:
                 continue  # another upload took it first
             sftp.utime(mine, None)  # its age counts from now: cleaners go by age
-            return mine
-        sftp.mkdir(mine)
+            taken = True
+        if not taken:
+            sftp.mkdir(mine)
         return mine
+
+    def _drop(self, sftp: SFTPSession, kept: str, name: str) -> None:
+        """Remove kept bytes that no upload holds: renamed to a temp name of this process
+        first (one winner: what another upload took meanwhile is never touched; if this
+        process is killed now, the next one removes it as stale), then deleted."""
+        doomed = self._path("tmp", new_tmp_name())
+        try:
+            sftp.rename(kept, doomed)
+        except OSError:
+            return  # taken meanwhile
+        _discard(sftp, doomed, name)
+
+    def _drop_kept(self, sftp: SFTPSession, key: Key) -> None:
+        """The key is stored: what interrupted uploads of it kept is of no use any more.
+        Claims of running uploads are theirs; they drop them when they end (_release).
+        Best effort: the store it follows has succeeded whatever happens here."""
+        with suppress(Exception):
+            for kept, _ in self._kept(sftp, key):
+                self._drop(sftp, kept, key.file_name)
 
     def store_from(
         self, key: Key, source: Readable, size: int, offset: int, prefix: Callable[[bytes], None]
@@ -360,9 +463,8 @@ class SFTPNode(Node):
         hashdirs = (posixpath.dirname(posixpath.dirname(final)), posixpath.dirname(final))
         with self._sftp(f"storing {key}") as sftp:
             self._clean_stale_tmp(sftp)
-            if self._find(sftp, key) is not None:
-                # What an interrupted upload of it kept is of no use any more.
-                _discard(sftp, self._path("tmp", resume_name(str(key))), name)
+            if self._holds(sftp, key, size):
+                self._drop_kept(sftp, key)
                 return False
             mine = ""
             keep = True  # on failure, release what was written for the next attempt
@@ -377,14 +479,17 @@ class SFTPNode(Node):
                 try:
                     sftp.rename(mine, final)
                 except OSError:
-                    self._rename_into_place(sftp, key, mine, final, hashdirs)
+                    self._rename_into_place(sftp, key, size, mine, final, hashdirs)
                 mine = ""
+            except _StoredMeanwhile:
+                return False
             except BaseException as e:
                 keep = not wrong_content(e)  # wrong content: nothing worth keeping
                 raise
             finally:
                 if mine:
                     self._release(sftp, key, mine, keep)
+            self._drop_kept(sftp, key)
         return True
 
     def _write_kept(
@@ -406,6 +511,8 @@ class SFTPNode(Node):
             reply = sftp.batch([(paramiko.sftp.CMD_FSTAT, (handle,))])[0]
             kept = _attrs(_ok(reply)).st_size or 0
             if kept < offset:
+                if self._holds(sftp, key, size):
+                    raise _StoredMeanwhile
                 raise NodeError(
                     f"another upload of {key} changed its kept bytes ({kept}, not {offset}); "
                     "try again",
@@ -437,31 +544,85 @@ class SFTPNode(Node):
         return by_exec
 
     def _release(self, sftp: SFTPSession, key: Key, mine: str, keep: bool) -> None:
-        """Give the kept bytes back under the key's shared temp name, or drop them.
-        Best effort: the connection may be what failed (a claim left behind is taken
-        up as abandoned once this process is gone)."""
+        """Give the kept bytes back under the key's shared temp name, or drop them when
+        they are worth nothing: wrong content, no bytes, or the key stored meanwhile by
+        another upload. If another upload released its own meanwhile, the one holding
+        more bytes is kept. Best effort: the connection may be what failed (a claim
+        left behind is taken up as abandoned once this process is gone)."""
         name = key.file_name
         with suppress(Exception):
-            if keep:
-                reply = sftp.batch([_stat(sftp, posixpath.join(mine, name))])[0]
-                if not isinstance(reply, OSError) and (_attrs(reply).st_size or 0) > 0:
-                    with suppress(OSError):
-                        sftp.rename(mine, self._path("tmp", resume_name(str(key))))
+            if not (keep and _sizes(sftp, [posixpath.join(mine, name)])[0] > 0):
+                _discard(sftp, mine, name)
+                return
+            found = self._find(sftp, key)
+            expected = key.content_size  # a bad replica, of another size, is not the key
+            if found is not None and (expected is None or found[1] == expected):
+                _discard(sftp, mine, name)
+                return
+            free = self._path("tmp", resume_name(str(key)))
+            for _ in range(3):
+                try:
+                    sftp.rename(mine, free)
                     return
-            _discard(sftp, mine, name)
+                except OSError:
+                    pass  # another upload released its bytes meanwhile
+                other = self._path("tmp", claim_name(str(key)))
+                try:
+                    sftp.rename(free, other)
+                except OSError:
+                    continue  # taken meanwhile
+                ours, theirs = _sizes(sftp, [posixpath.join(p, name) for p in (mine, other)])
+                if theirs > ours:
+                    mine, other = other, mine
+                _discard(sftp, other, name)
 
     def _rename_into_place(
-        self, sftp: SFTPSession, key: Key, tmpdir: str, final: str, hashdirs: tuple[str, str]
+        self,
+        sftp: SFTPSession,
+        key: Key,
+        size: int,
+        tmpdir: str,
+        final: str,
+        hashdirs: tuple[str, str],
     ) -> None:
         """The rename failed: another writer finished first (its object was renamed in
-        whole), an empty key directory is left from a removal, or the hash directories
-        were removed meanwhile."""
-        if self._find(sftp, key) is not None:
-            _discard(sftp, tmpdir, key.file_name)
+        whole), the key directory holds something else under the key's name (a bad
+        replica: replaced), an empty key directory is left from a removal, or the hash
+        directories were removed meanwhile."""
+        name = key.file_name
+        if self._holds(sftp, key, size):
+            _discard(sftp, tmpdir, name)
+            return
+        there = sftp.batch([_stat(sftp, posixpath.join(final, name))])[0]
+        if not isinstance(there, OSError):
+            self._replace_in(sftp, final, posixpath.join(tmpdir, name))
+            _discard(sftp, tmpdir, name)
             return
         # Recreate the hash directories; remove the key directory only if it is empty.
         sftp.batch([*(_mkdir(sftp, d) for d in hashdirs), _rmdir(sftp, final)])
         sftp.rename(tmpdir, final)
+
+    def _replace_in(self, sftp: SFTPSession, keydir: str, new: str) -> None:
+        """Put ``new`` in place of the file of its name in ``keydir``: one posix-rename
+        (OpenSSH's extension: the old file stays whole until then); where the server
+        lacks it, remove then rename (meanwhile the key reads absent, which it is: what
+        was there is not the key). The directory, read-only like git-annex leaves it,
+        is writable only meanwhile."""
+        target = posixpath.join(keydir, posixpath.basename(new))
+        mode = stat.S_IMODE(_attrs(_ok(sftp.batch([_stat(sftp, keydir)])[0])).st_mode or 0o755)
+        sftp.chmod(keydir, mode | stat.S_IWUSR | stat.S_IXUSR)
+        try:
+            try:
+                sftp.posix_rename(new, target)
+            except OSError as e:
+                if getattr(e, "sftp_status", None) != paramiko.sftp.SFTP_OP_UNSUPPORTED:
+                    raise
+                with suppress(FileNotFoundError):
+                    sftp.remove(target)
+                sftp.rename(new, target)
+        finally:
+            with suppress(OSError):
+                sftp.chmod(keydir, mode)
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         with self._sftp(f"reading {key}") as sftp:
@@ -469,6 +630,7 @@ class SFTPNode(Node):
             if found is None:
                 raise NotFound(f"{key} is not in {self.root} on {self.target}", self.name)
             path, size = found
+            check_size(key, size, self.name, f"{self.root} on {self.target}")
             if offset >= size:
                 return
             # Each exec starts a login shell on the host (tens to hundreds of ms), so
@@ -554,6 +716,9 @@ class SFTPNode(Node):
             )
 
         with self._sftp("listing objects") as sftp:
+            problem = self._root_problem(sftp.batch([_stat(sftp, self.root)])[0])
+            if problem:  # a missing directory lists nothing, but that is not "empty"
+                raise problem
             for top in subdirs(sftp, self.root):
                 if top == "tmp":
                     continue
@@ -564,7 +729,8 @@ class SFTPNode(Node):
         pass  # connections belong to the pool, shared with other nodes on the same host
 
     def _clean_stale_tmp(self, sftp: SFTPSession) -> None:
-        """Remove temp dirs of interrupted stores from this host whose process is gone."""
+        """Remove temp dirs of interrupted stores from this host whose process is gone,
+        and settle what killed uploads kept (``_settle``)."""
         if self._tmp_checked:
             return
         self._tmp_checked = True
@@ -572,9 +738,42 @@ class SFTPNode(Node):
             entries = sftp.listdir_attr(self._path("tmp"))
         except (OSError, UnicodeDecodeError):  # a name paramiko cannot decode
             return
+        left = []
         for entry in entries:
             if is_stale(entry.filename, entry.st_mtime):
                 _rmtree(sftp, self._path("tmp", entry.filename))
+            else:
+                left.append(entry.filename)
+        for group in unsettled(left):
+            self._settle(sftp, group)
+
+    def _settle(self, sftp: SFTPSession, group: list[str]) -> None:
+        """One key's kept bytes that no running upload holds, not where the next upload
+        looks first (several entries, or a claim its killed process left): the one
+        holding the most bytes is given back under the key's shared temp name, the
+        others are dropped."""
+        held: dict[str, tuple[int, str]] = {}  # entry -> (bytes, name of its file)
+        for entry in group:
+            try:
+                listing = sftp.listdir_attr(self._path("tmp", entry))
+            except (OSError, UnicodeDecodeError):
+                return  # cannot tell what it holds: left to age
+            files = [(f.st_size or 0, f.filename) for f in listing if stat.S_ISREG(f.st_mode or 0)]
+            held[entry] = max(files, default=(-1, ""))
+        # The most bytes first; of equal ones, the shared name (nothing to rename).
+        best, *rest = sorted(group, key=lambda e: (held[e][0], "." not in e), reverse=True)
+        for entry in rest:
+            self._drop(sftp, self._path("tmp", entry), held[entry][1])
+        if held[best][0] <= 0:
+            self._drop(sftp, self._path("tmp", best), held[best][1])
+        elif "." in best:
+            with suppress(OSError):  # taken, or another released, meanwhile
+                sftp.rename(self._path("tmp", best), self._path("tmp", best.partition(".")[0]))
+
+
+class _StoredMeanwhile(Exception):
+    """Another upload committed the key (and dropped what was kept) while this one
+    waited for its kept bytes: this store has nothing left to do."""
 
 
 def _is_utf8(text: str) -> bool:
@@ -607,6 +806,11 @@ def _open_rw(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
     flags = paramiko.sftp.SFTP_FLAG_READ | paramiko.sftp.SFTP_FLAG_WRITE
     flags |= paramiko.sftp.SFTP_FLAG_CREATE
     return paramiko.sftp.CMD_OPEN, (sftp._adjust_cwd(path), flags, paramiko.SFTPAttributes())
+
+
+def _is_file_of(attrs: paramiko.SFTPAttributes, size: int) -> bool:
+    """A regular file of exactly ``size`` bytes: only that is the key already stored."""
+    return stat.S_ISREG(attrs.st_mode or 0) and attrs.st_size == size
 
 
 def _ok(reply: Any) -> Any:
@@ -654,6 +858,12 @@ def _read_at_most(source: Readable, limit: int) -> bytes:
         parts.append(block)
         got += len(block)
     return b"".join(parts)
+
+
+def _sizes(sftp: SFTPSession, paths: list[str]) -> list[int]:
+    """The sizes of the files at ``paths`` (-1 where there is none), in one round trip."""
+    replies = sftp.batch([_stat(sftp, p) for p in paths])
+    return [-1 if isinstance(r, OSError) else _attrs(r).st_size or 0 for r in replies]
 
 
 def _attrs(reply: Any) -> paramiko.SFTPAttributes:

@@ -12,6 +12,17 @@ key>/`` between attempts. While it writes, it holds them under a private name,
 one winner, so two uploads of one key never write into the same file. The
 writer renames them back when its source goes away; if it is killed instead,
 its claim is *abandoned* (its process is gone) and the next upload takes that.
+
+What no running upload holds (the released temp and abandoned claims,
+``kept_entries``) does not pile up: an upload takes the one holding the most
+bytes and removes the others; a release that finds another one released
+meanwhile keeps the longer of the two; a process's first store on a node
+settles every key's (``unsettled``: the most bytes under the shared name, the
+others removed); and a committed upload removes them all. Each is removed by
+first renaming it to a plain temp name of the remover (one winner again), so
+what another upload took meanwhile is never touched. Claims of running
+processes are left to their owners, which drop their bytes once the key is
+stored; other hosts' claims are left to age (``RESUME_KEEP``).
 """
 
 from __future__ import annotations
@@ -51,6 +62,34 @@ def abandoned_claims(key: str, entries: Iterable[str]) -> list[str]:
     this host that are gone: what they wrote can be continued."""
     stem = f"{resume_name(key)}."
     return sorted(e for e in entries if e.startswith(stem) and _gone(e.removeprefix(stem)))
+
+
+def kept_entries(key: str, entries: Iterable[str]) -> list[str]:
+    """The entries of ``tmp/`` that hold bytes of interrupted uploads of ``key`` and that
+    no running process of this host holds: the released temp, then abandoned claims."""
+    return kept_by_key(entries).get(resume_name(key), [])
+
+
+def kept_by_key(entries: Iterable[str]) -> dict[str, list[str]]:
+    """``kept_entries`` of every key that has some, by the key's ``resume_name``."""
+    kept: dict[str, list[str]] = {}
+    for entry in sorted(entries):
+        if not entry.startswith(RESUME_PREFIX):
+            continue
+        free, dot, owner = entry.partition(".")
+        if not dot:
+            kept.setdefault(free, []).insert(0, entry)
+        elif _gone(owner):
+            kept.setdefault(free, []).append(entry)
+    return kept
+
+
+def unsettled(entries: Iterable[str]) -> list[list[str]]:
+    """The keys whose kept bytes are not where the next upload looks first, as lists of
+    ``kept_entries``: more than one entry, or an abandoned claim alone. A collector
+    keeps the one holding the most bytes, under the key's ``resume_name``, and drops
+    the others."""
+    return [group for group in kept_by_key(entries).values() if len(group) > 1 or "." in group[0]]
 
 
 def is_stale(entry: str, mtime: float | None = None) -> bool:

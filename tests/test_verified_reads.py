@@ -1,0 +1,345 @@
+"""Reads are checked against the key, node by node: a bad copy is never what a get
+returns while another node holds a good one, and under-replicated keys are never
+reported as stored (issue 18, parts 1 and 2). Real file nodes; faults by hand."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from faulty import FaultyNode
+from node_conformance import make_key
+
+from shared.badcopies import BadCopies
+from shared.cluster import Cluster, PresenceUnknown, RetrieveFailed
+from shared.errors import IntegrityError, Unavailable
+from shared.keys import Key
+from shared.nodes.base import Writable
+from shared.nodes.file import FileNode
+from shared.nodeurl import parse_node
+
+BLOCK = 1024 * 1024
+
+
+def content(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed * 7919 + size).randbytes(size)
+
+
+MakeCluster = Callable[..., tuple[Cluster, dict[str, FaultyNode]]]
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
+    """Nodes n0, n1, ... with increasing cost, so reads try them in that order."""
+    made: list[Cluster] = []
+    serial = iter(range(1000))
+
+    def make(n: int = 3, **kw: object) -> tuple[Cluster, dict[str, FaultyNode]]:
+        base = tmp_path / f"c{next(serial)}"
+        nodes = {}
+        for i in range(n):
+            (base / f"n{i}").mkdir(parents=True)
+            spec = parse_node(f"n{i}=file://{base}/n{i}?cost={10 + i}")
+            nodes[f"n{i}"] = FaultyNode(FileNode(spec))
+        cluster = Cluster(list(nodes.values()), **kw)  # type: ignore[arg-type]
+        made.append(cluster)
+        return cluster, nodes
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def put(node: FaultyNode, key: Key, data: bytes) -> None:
+    node.inner.store(key, io.BytesIO(data), len(data))
+
+
+def object_path(node: FaultyNode, key: Key) -> Path:
+    assert isinstance(node.inner, FileNode)
+    return next(node.inner.root.rglob(key.file_name + "/" + key.file_name))
+
+
+def rot(node: FaultyNode, key: Key, data: bytes) -> Path:
+    """A copy of the right size with a few bytes flipped (bit rot)."""
+    put(node, key, data)
+    path = object_path(node, key)
+    raw = bytearray(path.read_bytes())
+    for i in range(0, len(raw), max(1, len(raw) // 5)):
+        raw[i] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def leftover(node: FaultyNode, key: Key, data: bytes) -> Path:
+    """A 0-byte file where the object would be (an interrupted copy by hand)."""
+    put(node, key, data)
+    path = object_path(node, key)
+    path.chmod(0o644)
+    path.write_bytes(b"")
+    return path
+
+
+# -- the cluster remote's get ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", [rot, leftover])
+def test_get_fails_over_from_a_bad_copy_and_notes_it(
+    make_cluster: MakeCluster, tmp_path: Path, damage: Callable[..., Path]
+) -> None:
+    told: list[tuple[str, str]] = []
+    cluster, nodes = make_cluster(3, copies=2)
+    cluster.on_bad = lambda key, node, why: told.append((node, why))
+    data = content(2 * BLOCK + 3)
+    key = make_key(data)
+    bad = damage(nodes["n0"], key, data)
+    put(nodes["n1"], key, data)
+    dest = tmp_path / "out"
+    assert cluster.retrieve(key, str(dest)) == "n1"
+    assert dest.read_bytes() == data
+    assert [n for n, _ in told] == ["n0"]
+    assert cluster.bad.of(key) == {"n0"}
+    assert bad.exists()  # a read removes nothing
+    # The next read goes to the good node first.
+    dest.unlink()
+    assert cluster.retrieve(key, str(dest)) == "n1"
+    assert len(nodes["n0"].ops("retrieve")) == 1
+
+
+def test_a_resumed_get_hashes_what_it_kept(make_cluster: MakeCluster, tmp_path: Path) -> None:
+    """git-annex resumes from its temp file, which an earlier attempt may have filled
+    with wrong bytes: those are hashed too, and the node is then read whole."""
+    cluster, nodes = make_cluster(2, copies=2)
+    data = content(BLOCK + 11)
+    key = make_key(data)
+    put(nodes["n0"], key, data)
+    put(nodes["n1"], key, data)
+    dest = tmp_path / "out"
+    dest.write_bytes(b"\0" * 1000)  # wrong, from who knows where
+    assert cluster.retrieve(key, str(dest)) == "n0"
+    assert dest.read_bytes() == data
+    assert [c.offset for c in nodes["n0"].ops("retrieve")] == [1000, 0]
+    assert cluster.bad.of(key) == set()  # n0's copy is good: nothing noted
+
+
+def test_when_every_copy_is_bad_git_annex_gets_one_to_judge(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(2, copies=2)
+    data = content(5000)
+    key = make_key(data)
+    rot(nodes["n0"], key, data)
+    second = rot(nodes["n1"], key, data)
+    dest = tmp_path / "out"
+    assert cluster.retrieve(key, str(dest)) == "n1"
+    assert dest.read_bytes() == second.read_bytes() != data
+    assert cluster.bad.of(key) == {"n0", "n1"}
+
+
+def test_a_bad_copy_and_an_unreadable_node_fail_the_get_with_nothing_kept(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """The unreadable node may hold the one good copy: git-annex must not be handed the
+    bad one (fsck --from would answer it with REMOVE, which goes to every node)."""
+    cluster, nodes = make_cluster(2, copies=2)
+    data = content(5000)
+    key = make_key(data)
+    rot(nodes["n0"], key, data)
+    put(nodes["n1"], key, data)
+    nodes["n1"].fail("retrieve", Unavailable)
+    dest = tmp_path / "out"
+    with pytest.raises(RetrieveFailed, match="n0 holds a bad copy"):
+        cluster.retrieve(key, str(dest))
+    assert not dest.exists() or dest.read_bytes() == b""  # no wrong byte to resume from
+
+
+def test_a_longer_copy_is_bad_not_truncated(make_cluster: MakeCluster, tmp_path: Path) -> None:
+    """A copy with extra bytes at the end must not be cut to size and taken for good (a
+    key without a hash could not tell)."""
+    cluster, nodes = make_cluster(2, copies=2)
+    data = content(3000)
+    key = Key.parse(f"WORM-s{len(data)}-m1--file")
+    put(nodes["n0"], key, data)
+    path = object_path(nodes["n0"], key)
+    path.chmod(0o644)
+    path.write_bytes(data + b"extra")
+    put(nodes["n1"], key, data)
+    dest = tmp_path / "out"
+    assert cluster.retrieve(key, str(dest)) == "n1"
+    assert dest.read_bytes() == data
+
+
+# -- the gateway's get (a stream that cannot be taken back) ---------------------------------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+def test_stream_says_wrong_content_then_reads_the_good_copy_next_time(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster, nodes = make_cluster(2, copies=2)
+    data = content(BLOCK + 5)
+    key = make_key(data)
+    rot(nodes["n0"], key, data)
+    put(nodes["n1"], key, data)
+    with pytest.raises(IntegrityError, match="wrong content"):
+        cluster.retrieve_stream(key, Sink())
+    again = Sink()
+    assert cluster.retrieve_stream(key, again) == "n1"
+    assert bytes(again.data) == data
+
+
+def test_stream_skips_an_empty_leftover_before_anything_went_out(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster, nodes = make_cluster(2, copies=2)
+    data = content(4000)
+    key = make_key(data)
+    leftover(nodes["n0"], key, data)
+    put(nodes["n1"], key, data)
+    out = Sink()
+    assert cluster.retrieve_stream(key, out) == "n1"
+    assert bytes(out.data) == data
+
+
+def test_stream_resumed_checks_the_whole_copy(make_cluster: MakeCluster) -> None:
+    """A client that holds the first bytes asks for the rest: the node's copy is read
+    from byte 0 and hashed whole, and only the rest is sent."""
+    cluster, nodes = make_cluster(2, copies=2)
+    data = content(BLOCK + 500)
+    key = make_key(data)
+    rot(nodes["n0"], key, data)
+    put(nodes["n1"], key, data)
+    with pytest.raises(IntegrityError):
+        cluster.retrieve_stream(key, Sink(), 700)
+    rest = Sink()
+    assert cluster.retrieve_stream(key, rest, 700) == "n1"
+    assert bytes(rest.data) == data[700:]
+
+
+def test_bad_copies_outlive_the_process(make_cluster: MakeCluster, tmp_path: Path) -> None:
+    journal = tmp_path / "state" / "bad-copies"
+    cluster, nodes = make_cluster(2, copies=2, bad=BadCopies(journal))
+    data = content(100)
+    key = make_key(data)
+    rot(nodes["n0"], key, data)
+    put(nodes["n1"], key, data)
+    cluster.retrieve(key, str(tmp_path / "out"))
+    assert BadCopies(journal).of(key) == {"n0"}
+    # A store replaces the bad copy (a size-preserving rot looks "present") and clears it.
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    cluster.store(key, str(src))
+    assert object_path(nodes["n0"], key).read_bytes() == data
+    assert BadCopies(journal).of(key) == set()
+
+
+# -- presence and under-replication -----------------------------------------------------
+
+
+def test_a_key_below_mincopies_is_absent_unless_git_annex_recorded_it(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """A store that reached fewer than mincopies nodes failed: CHECKPRESENT must not
+    turn it into a success on the retry. A key git-annex recorded as stored, which
+    lost copies since, stays present (repair tops it up)."""
+    cluster, nodes = make_cluster(2, copies=2)
+    data = content(100)
+    key = make_key(data)
+    put(nodes["n0"], key, data)
+    assert cluster.present(key, recorded=lambda _k: False) is False
+    assert cluster.present(key, recorded=lambda _k: True) is True
+    with pytest.raises(PresenceUnknown, match="fewer than mincopies=2"):
+        cluster.present(key)  # a gateway: no location log to tell the two apart
+    nodes["n1"].fail("present", Unavailable)
+    # n1 might hold it, but nobody can say: not a copy git-annex may count
+    assert cluster.present(key, recorded=lambda _k: False) is False
+    nodes["n1"].heal()
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    outcome = cluster.store(key, str(src))
+    assert (outcome.stored, outcome.already) == (["n1"], ["n0"])
+    assert cluster.present(key) is True
+
+
+def test_a_bad_copy_does_not_count_as_present(make_cluster: MakeCluster) -> None:
+    cluster, nodes = make_cluster(2, copies=1)
+    data = content(100)
+    key = make_key(data)
+    leftover(nodes["n0"], key, data)
+    leftover(nodes["n1"], key, data)
+    assert cluster.present(key) is False
+    assert cluster.bad.of(key) == {"n0", "n1"}
+
+
+class _Watching(FaultyNode):
+    """Records what git-annex's file holds while the node writes (git-annex hashes
+    that file as it grows, so it must never see a byte that is taken back)."""
+
+    def __init__(self, inner: FileNode, dest: Path) -> None:
+        super().__init__(inner)
+        self.dest, self.seen = dest, []
+
+    def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
+        super().retrieve(key, sink, offset)
+        self.seen.append(self.dest.read_bytes() if self.dest.exists() else b"")
+
+
+def test_git_annex_never_sees_the_bytes_of_a_bad_copy(tmp_path: Path) -> None:
+    dest = tmp_path / "annex-tmp" / "KEY"
+    dest.parent.mkdir()
+    nodes = []
+    for i in range(2):
+        (tmp_path / f"w{i}").mkdir()
+        spec = parse_node(f"w{i}=file://{tmp_path}/w{i}?cost={10 + i}")
+        nodes.append(_Watching(FileNode(spec), dest))
+    cluster = Cluster(nodes, copies=2)
+    data = content(70_000)
+    key = make_key(data)
+    rot(nodes[0], key, data)
+    put(nodes[1], key, data)
+    assert cluster.retrieve(key, str(dest)) == "w1"
+    assert nodes[0].seen == [b""] and nodes[1].seen == [b""]
+    assert dest.read_bytes() == data
+    assert not dest.with_name("KEY.cluster-part").exists()
+    cluster.close()
+
+
+def test_a_get_killed_half_way_is_continued_from_its_side_file(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(1)
+    data = content(BLOCK + 99)
+    key = make_key(data)
+    put(nodes["n0"], key, data)
+    dest = tmp_path / "out"
+    dest.with_name("out.cluster-part").write_bytes(data[:5000])  # what the killed get wrote
+    assert cluster.retrieve(key, str(dest)) == "n0"
+    assert dest.read_bytes() == data
+    assert [c.offset for c in nodes["n0"].ops("retrieve")] == [5000]
+
+
+def test_a_failed_get_leaves_its_good_bytes_for_git_annex_to_resume(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    cluster, nodes = make_cluster(1)
+    data = content(3 * BLOCK)
+    key = make_key(data)
+    put(nodes["n0"], key, data)
+    nodes["n0"].fail("retrieve", Unavailable, after_bytes=BLOCK + 7)
+    dest = tmp_path / "out"
+    with pytest.raises(RetrieveFailed):
+        cluster.retrieve(key, str(dest))
+    assert dest.read_bytes() == data[: BLOCK + 7]
+    nodes["n0"].heal()
+    assert cluster.retrieve(key, str(dest)) == "n0"
+    assert dest.read_bytes() == data

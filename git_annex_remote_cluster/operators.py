@@ -81,9 +81,14 @@ class ClusterConfig:
         )
         if proc.returncode != 0:
             lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            # The remote's reason ("git-annex: ..." on stderr) before the bare "failed"
+            # that git-annex prints on stdout.
             why = next(
-                (ln for ln in reversed(lines) if "git-annex: " in ln or "failed" in ln),
-                lines[-1] if lines else "no output",
+                (ln for ln in reversed(lines) if "git-annex: " in ln),
+                next(
+                    (ln for ln in reversed(lines) if "failed" in ln),
+                    lines[-1] if lines else "no output",
+                ),
             )
             raise ConfigError(f"git annex enableremote {self.name} refused the change: {why}")
 

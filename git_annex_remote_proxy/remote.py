@@ -35,6 +35,8 @@ CONFIGS = {
 
 
 class ProxyRemote(ClusterRemote):
+    notes_bad_copies = False  # the gateway notes them, among its nodes
+
     def __init__(self, annex: AnnexMaster) -> None:
         super().__init__(annex)
         self.configs = dict(CONFIGS)

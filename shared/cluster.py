@@ -30,10 +30,19 @@ from shared.errors import (
 )
 from shared.fanout import QueueReader, fan_out
 from shared.keys import ContentVerifier, Key
-from shared.nodes.base import BLOCK, UNKNOWN_SIZE, CountingSink, Node, Readable, Usage, Writable
+from shared.nodes.base import (
+    BLOCK,
+    UNKNOWN_SIZE,
+    CountingSink,
+    Layer,
+    Node,
+    Readable,
+    Usage,
+    Writable,
+)
 from shared.nodeurl import DEFAULT_RESERVE
 from shared.placement import rendezvous_order, spread_over_zones
-from shared.verify import VerifiedReader
+from shared.verify import VerifiedReader, VerifyingSink
 
 Progress = Callable[[int], None]
 USAGE_TTL = 5.0  # seconds a node's free space is trusted before it is asked again
@@ -114,14 +123,21 @@ class Cluster:
         log: Callable[[str], None] | None = None,
         bad: BadCopies | None = None,
         on_bad: Callable[[Key, str, str], None] | None = None,
+        note_bad: bool = True,
     ):
         """``log`` receives one line per notable step (which node, which offset, what
         failed); the remote sends them to git-annex's --debug output. ``bad`` keeps
         the bad copies reads find (in memory when None); ``on_bad`` is told of each
-        (key, node, why) as it is found."""
+        (key, node, why) as it is found. ``note_bad=False``: nothing is noted (the one
+        node is a gateway, which notes bad copies among its own nodes: a copy of
+        ours noted bad would be removed before the next store, and removing it from
+        a gateway removes every copy behind it)."""
         self._log = log or (lambda _msg: None)
         self.bad = bad if bad is not None else BadCopies()
         self.on_bad = on_bad
+        self._unnoted = {
+            n.name for n in nodes if not note_bad or getattr(_innermost(n), "is_gateway", False)
+        }
         if not nodes:
             raise ConfigError("a cluster needs at least one node")
         self.nodes = list(nodes)
@@ -323,9 +339,12 @@ class Cluster:
         against the key before it commits: kept bytes may come from anyone's upload."""
         outcome = StoreOutcome()
         wrote: dict[str, bool] = {}
+        noted = self.bad.of(key)
 
         def consumer(node: Node) -> Callable[[QueueReader], None]:
             def store(reader: QueueReader) -> None:
+                if node.name in noted:  # as in _fan_out: a bad copy must not count
+                    node.remove(key)
                 checked = VerifiedReader(reader, key, size - offset)
                 update = checked.verifier.update
                 wrote[node.name] = node.store_from(key, checked, size, offset, update)
@@ -412,7 +431,8 @@ class Cluster:
         """Note a node's wrong copy (for later reads, ``status`` and ``fsck``) and tell
         whoever runs us, in one line."""
         self._log(f"{key}: node {node} holds a bad copy: {why}")
-        self.bad.note(key, node, why)
+        if node not in self._unnoted:
+            self.bad.note(key, node, why)
         if self.on_bad is not None:
             self.on_bad(key, node, why)
 
@@ -501,26 +521,51 @@ class Cluster:
         counting = CountingSink(sink)
         checked = _Checked(counting, key, offset)
         noted = self.bad.of(key)
+        sources: list[Node] = []  # the nodes whose bytes the stream holds
         for node in sorted(self.retrieve_order(key), key=lambda n: n.name in noted):
             try:
-                node.retrieve(key, checked, checked.start())
+                start = checked.start()
+                if start == 0:
+                    sources.clear()
+                sources.append(node)
+                node.retrieve(key, checked, start)
                 checked.check(node.name)
                 if node.name in noted:
                     self.bad.forget(key, [node.name])
                 return node.name
             except NotFound:
                 absent.append(node.name)
+                sources.remove(node)
             except Exception as e:
                 errors[node.name] = error_line(e)
                 self._log(f"get {key}: node {node.name} failed: {errors[node.name]}")
                 if wrong_content(e):
-                    self._bad_copy(key, node.name, errors[node.name])
+                    self._blame(key, sources, node, errors[node.name])
                 if counting.count and wrong_content(e):
                     raise IntegrityError(
                         f"{key}: node {node.name} sent wrong content ({errors[node.name]}) "
                         f"after {counting.count} bytes had gone out"
                     ) from e
         raise _retrieve_failed(key, errors, absent, {})
+
+    def _blame(self, key: Key, sources: list[Node], last: Node, why: str) -> None:
+        """Note the bad copy behind a stream that proved wrong. Bytes from one node:
+        that node's copy. From several (a node failed part-way, the next continued):
+        the wrong bytes may be anyone's, so each is read whole and checked, and only
+        those that fail are noted (a good copy noted bad would be read last, and a
+        gateway removes noted copies on the next REMOVE)."""
+        if len(sources) <= 1:
+            self._bad_copy(key, last.name, why)
+            return
+        for node in sources:
+            sink = VerifyingSink(key)
+            try:
+                node.retrieve(key, sink)
+                sink.verify()
+            except (BadReplica, IntegrityError) as e:
+                self._bad_copy(key, node.name, error_line(e))
+            except Exception as e:  # cannot tell: note nothing
+                self._log(f"{key}: could not re-read node {node.name} whole: {error_line(e)}")
 
     # -- presence -----------------------------------------------------------
 
@@ -618,6 +663,12 @@ class Cluster:
         self.bad.forget(key, [n.name for n in self.nodes if n.name not in failed])
         if failed:
             raise RemoveFailed(key, failed)
+
+
+def _innermost(node: Node) -> Node:
+    while isinstance(node, Layer):
+        node = node.inner
+    return node
 
 
 def _retrieve_failed(

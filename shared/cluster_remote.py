@@ -29,7 +29,16 @@ from shared.locationlog import records
 from shared.nodes import Node, generate_ciphers, open_node, with_ciphers
 from shared.nodes.owner import Ownership, refusal
 from shared.nodeurl import NodeSpec, parse_node_list
-from shared.remotelog import describe_uuid, remote_names
+from shared.remotelog import (
+    DEAD,
+    SEMITRUSTED,
+    TRUSTED,
+    UNTRUSTED,
+    annex_remote_config,
+    describe_uuid,
+    remote_names,
+    trust_levels,
+)
 
 CONFIGS = {
     "nodes": "the cluster's nodes, whitespace-separated NAME=URL entries "
@@ -47,8 +56,32 @@ CONFIGS = {
     "encryption=shared (NAME=BASE64 ...), generated once and never replaced, so that "
     "every clone reads what any clone wrote",
     "force": "force=yes at initremote/enableremote: take over nodes that another remote "
-    "owns (that remote can then no longer write or remove there); not stored",
+    "owns (that remote can then no longer write or remove there), and accept a node that "
+    "shares its objects with a trusted git-annex S3 remote; not stored",
 }
+
+_LEVELS = {TRUSTED: "trusted", SEMITRUSTED: "semitrusted", UNTRUSTED: "untrusted", DEAD: "dead"}
+
+
+def shared_refusal(node: str, url: str, native: str, level: str) -> str:
+    """The one line that refuses a node whose objects a git-annex S3 remote (UUID
+    ``native``, trust ``level``) reports too, saying what to do."""
+    names = remote_names(native)
+    if names:
+        return (
+            f"node {node} ({url}) holds the objects of git-annex's S3 remote {names[0]} "
+            f"(UUID {native}, {_LEVELS.get(level, level)}): both remotes report every object "
+            "there, so git-annex counts one copy as two and lets drop go below numcopies; "
+            f"run git annex untrust {names[0]} (git-annex then counts those objects once, "
+            "through this remote), or share the storage anyway with force=yes "
+            "(--force in nodes add|set|import)"
+        )
+    return (
+        f"node {node} ({url}) holds the objects of a git-annex S3 remote that is not one of "
+        f"this repository's: {describe_uuid(native)}, in its annex-uuid object; another "
+        "repository stores and drops there. Give this node a bucket prefix of its own, or "
+        "share the storage anyway with force=yes (--force in nodes add|set|import)"
+    )
 
 
 def _parse_uuids(text: str) -> dict[str, str]:
@@ -94,12 +127,16 @@ class ClusterRemote(Remote):
     # right does it put them where git-annex asked (see shared.cluster._VerifiedFile),
     # and a git-annex proxying this remote must not stream bytes that may be taken back.
     ordered = False
+    #: bad copies found by reads are noted (read last, replaced by the next store);
+    #: not where the one node is a gateway, which notes them among its own nodes
+    notes_bad_copies = True
 
     def __init__(self, annex: AnnexMaster) -> None:
         super().__init__(annex)
         self.configs = dict(CONFIGS)
         self._cluster: Cluster | None = None
         self._gitdir: Path | None = None
+        self._name = ""
 
     # -- configuration ------------------------------------------------------
 
@@ -134,6 +171,7 @@ class ClusterRemote(Remote):
                 log=self.annex.debug,
                 bad=BadCopies(self._bad_copies_path()),
                 on_bad=self._say_bad,
+                note_bad=self.notes_bad_copies,
             )
         except ClusterError as e:
             raise RemoteError(str(e)) from e
@@ -152,14 +190,21 @@ class ClusterRemote(Remote):
             return None
 
     def _say_bad(self, key: Key, node: str, why: str) -> None:
-        self.annex.say(self.bad_copy_message(key, node, why))
+        # The reason without the key and node it repeats: the line stays readable.
+        short = why.replace(f"node {node}: ", "").replace(f"{key}: ", "").replace(f"{key} ", "")
+        self.annex.say(self.bad_copy_message(key, node, short))
 
     def bad_copy_message(self, key: Key, node: str, why: str) -> str:
         """The one line git-annex shows when a node's copy proves wrong."""
         return (
             f"node {node} holds a bad copy of {key} ({why}); reading the other nodes. "
-            "To replace it: git-annex-remote-cluster fsck REMOTE --repair"
+            f"To replace it: git-annex-remote-cluster fsck {self._remote_name()} --repair"
         )
+
+    def _remote_name(self) -> str:
+        """The remote's name, asked once in ``prepare`` (messages come from worker
+        threads too, which must not start a request of their own)."""
+        return self._name or "REMOTE"
 
     def _recorded(self, key: Key) -> bool:
         """Whether git-annex records this remote as holding ``key`` (its location log)."""
@@ -228,8 +273,9 @@ class ClusterRemote(Remote):
 
     def initremote(self) -> None:
         """Check every node; claim the nodes that record their owner (refusing those
-        another remote owns, unless ``force=yes``); record the UUIDs of repository
-        nodes and the ciphers of encrypting nodes (enableremote too)."""
+        another remote owns, and those whose objects a trusted git-annex S3 remote
+        reports too, unless ``force=yes``); record the UUIDs of repository nodes and the
+        ciphers of encrypting nodes (enableremote too)."""
         force = self.annex.getconfig("force").strip().lower()
         if force not in ("", "no", "false", "yes", "true"):
             raise RemoteError(f"force={force}: give force=yes or leave it out")
@@ -240,10 +286,14 @@ class ClusterRemote(Remote):
         problems = []
         uuids = []
         unclaimed: list[tuple[Node, str | None]] = []
+        specs = {s.name: s for s in self.node_specs()}
+        trust: dict[str, str] = {}
         for node in cluster.nodes:
             try:
                 node.check()
-                if node.records_owner and (owner := self._owner(node, me, take_over)) != me:
+                owner = self._owner(node, me, take_over) if node.records_owner else me
+                self._shared(node, specs.get(node.name), me, take_over, trust)
+                if owner != me:
                     unclaimed.append((node, owner))
             except ClusterError as e:
                 problems.append(str(e))
@@ -279,6 +329,35 @@ class ClusterRemote(Remote):
             )
         return owner
 
+    def _shared(
+        self, node: Node, spec: NodeSpec | None, me: str, force: bool, trust: dict[str, str]
+    ) -> None:
+        """Refuse a node whose objects a git-annex S3 remote reports too (adopted with
+        ``annexremote=``, or its ``annex-uuid`` object at the node's prefix) while that
+        remote counts as a copy: git-annex would count each object there twice. An
+        untrusted or dead remote counts for nothing, so the objects count once, through
+        this remote. ``force``: accept it, saying so. ``trust``: the trust levels, read
+        on first need."""
+        natives = []
+        if spec is not None and (adopted := spec.params.get("annexremote")):
+            natives.append(annex_remote_config(adopted)[0])
+        if (found := node.native_owner()) is not None:
+            natives.append(found)
+        for native in dict.fromkeys(natives):
+            if native == me:  # the same remote: made with initremote --sameas
+                continue
+            if not trust:  # read once per run ("" keeps an empty log from being re-read)
+                trust.update(trust_levels() or {"": SEMITRUSTED})
+            level = trust.get(native, SEMITRUSTED)
+            if level in (UNTRUSTED, DEAD):
+                continue
+            if not force:
+                raise ClusterError(shared_refusal(node.name, node.spec.url, native, level))
+            self.annex.say(
+                f"node {node.name}: shares its objects with {describe_uuid(native)}, which "
+                "git-annex counts as a second copy of each (force=yes)"
+            )
+
     def _claim(self, node: Node, me: str, owner: str | None, take_over: bool) -> None:
         """Record this remote (``me``) as the owner of a node that had ``owner``. A clone
         that may only read the storage cannot record it: the first write claims it."""
@@ -296,6 +375,10 @@ class ClusterRemote(Remote):
             raise ClusterError(f"node {node.name} was just claimed by {describe_uuid(now)}")
 
     def prepare(self) -> None:
+        try:
+            self._name = str(self.annex.getgitremotename())
+        except Exception:  # a git-annex too old to say
+            self._name = ""
         cluster = self.cluster
         self.info = {
             "copies": str(cluster.copies),

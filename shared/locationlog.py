@@ -164,19 +164,34 @@ def keys_in(uuid: str, cwd: Path | None = None) -> Iterator[Key]:
 
 
 def records(key: Key, uuid: str, git_dir: Path) -> bool:
-    """Whether the key's location log says ``uuid`` holds it (the journal's copy, not
-    yet committed, wins). One ``git cat-file`` per call: for rare questions only."""
-    path = f"{key.hashdirlower}{key.file_name}.log"
-    journal = git_dir / "annex" / "journal" / path.replace("_", "__").replace("/", "_")
+    """Whether the key's location log says ``uuid`` holds it. The log is read as
+    git-annex reads it: the journal's copy (not yet committed) instead of the
+    branch's, plus the private journal (remotes made with ``--private``, or
+    ``annex.private``), in either hash layout of the branch (two levels, or one with
+    ``annex.tune.branchhash1``). A few ``git cat-file`` runs: for rare questions."""
+    lower = key.hashdirlower
+    for path in (f"{lower}{key.file_name}.log", f"{lower.split('/')[0]}/{key.file_name}.log"):
+        texts = [_journalled(git_dir / "annex" / "journal-private", path)]
+        public = _journalled(git_dir / "annex" / "journal", path)
+        texts.append(public if public is not None else _on_branch(git_dir, path))
+        found = [t for t in texts if t is not None]
+        if found:
+            return uuid in present_uuids("\n".join(found))
+    return False  # no log: nobody was ever recorded holding it
+
+
+def _journalled(journal: Path, path: str) -> str | None:
     try:
-        text = journal.read_text(encoding="utf-8", errors="surrogateescape")
+        where = journal / path.replace("_", "__").replace("/", "_")
+        return where.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError:
-        proc = subprocess.run(
-            ["git", f"--git-dir={git_dir}", "cat-file", "blob", f"{BRANCH}:{path}"],
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-        )
-        if proc.returncode != 0:
-            return False  # no log: nobody was ever recorded holding it
-        text = os.fsdecode(proc.stdout)
-    return uuid in present_uuids(text)
+        return None
+
+
+def _on_branch(git_dir: Path, path: str) -> str | None:
+    proc = subprocess.run(
+        ["git", f"--git-dir={git_dir}", "cat-file", "blob", f"{BRANCH}:{path}"],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return os.fsdecode(proc.stdout) if proc.returncode == 0 else None

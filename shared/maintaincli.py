@@ -110,6 +110,7 @@ class Subject:
     logged: Logged | None = None
     mincopies: int | None = None
     bad: BadCopies | None = None  # the bad copies reads found (shared.badcopies)
+    claiming: bool = False  # the command writes: unowned nodes are claimed first
     owner: str | None = None  # the subject's UUID: nodes another owns are left alone
     describe: Callable[[str], str] = plain  # how to name another owner (its remote)
     _foreign: dict[str, str] | None = field(default=None, init=False, repr=False)
@@ -132,6 +133,11 @@ class Subject:
     def _stranger(self, node: Node) -> str | None:
         try:
             owner = node.owner()
+            if owner is None and self.claiming and self.owner is not None:
+                # Storage from before markers, about to be written: claimed before it
+                # is listed, so that a remote sharing it by mistake that claims it
+                # first keeps its objects (this command then leaves the node alone).
+                owner = node.claim(self.owner)
         except NotOwner as e:
             return error_line(e).removeprefix(f"node {node.name}: ")
         except ClusterError:
@@ -140,7 +146,11 @@ class Subject:
             return None  # ours, or claimed by the first write (storage from before markers)
         return f"belongs to {self.describe(owner)}, not to {self.name}"
 
-    def inventory(self) -> Inventory:
+    def inventory(self, without_bad: bool = False) -> Inventory:
+        """What every node holds. ``without_bad``: copies a read noted as bad are not
+        holders (``rebalance`` and ``repair`` must neither count them as copies nor
+        copy from them; ``fsck`` checks them)."""
+
         def listed(name: str, count: int) -> None:
             if count and count % 100000 == 0:
                 print(f"listing {name}: {count} keys so far", file=sys.stderr)
@@ -149,12 +159,21 @@ class Subject:
         nodes = [n for n in self.nodes.values() if n.name not in foreign]
         inv = take_inventory(nodes, self.known, listed=listed)
         inv.unlisted.update(foreign)  # never empty, never a holder, never a target
+        if without_bad and self.bad is not None:
+            for (node, key), _why in self.bad.entries().items():
+                if key in inv.holders and node in inv.names:
+                    inv.holders[key] &= ~inv.bit(node)
         return inv
 
 
 def run(command: str, args: Any, subject: Subject) -> int:
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: give at least 1")
+    subject.claiming = (
+        (command == "rebalance" and args.apply and not args.dry_run)
+        or (command == "repair" and not args.dry_run)
+        or (command == "fsck" and args.repair)
+    )
     if command == "rebalance":
         return _rebalance(args, subject)
     if command == "repair":
@@ -171,7 +190,7 @@ def _emit(args: Any, data: dict[str, Any]) -> None:
 
 
 def _rebalance(args: Any, c: Subject) -> int:
-    inv = c.inventory()
+    inv = c.inventory(without_bad=True)
     foreign = c.foreign()
     if foreign:
         which = "; ".join(f"node {name} {why}" for name, why in foreign.items())
@@ -195,7 +214,7 @@ def _rebalance(args: Any, c: Subject) -> int:
 
 
 def _repair(args: Any, c: Subject) -> int:
-    inv = c.inventory()
+    inv = c.inventory(without_bad=True)
     plan = make_plan(c.specs, c.copies, inv, repair_only=True, unusable=inv.unlisted)
     return _report_and_apply(args, c, inv, plan, "repair", not args.dry_run)
 
@@ -454,8 +473,9 @@ def _settle_bad_copies(
 
 def key_health(c: Subject) -> dict[str, Any]:
     """What ``status`` says of the keys: how many, how many short of ``copies`` or of
-    ``mincopies`` (from one listing of every node), and the bad copies reads noted."""
-    inv = c.inventory()
+    ``mincopies`` (from one listing of every node; a bad copy is no copy), and the bad
+    copies reads noted."""
+    inv = c.inventory(without_bad=True)
     mincopies = c.mincopies or c.copies
     counts = [len(inv.holders_of(k)) for k in inv.key_texts()]
     noted = c.bad.entries() if c.bad is not None else {}

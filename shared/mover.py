@@ -123,7 +123,12 @@ class Mover:
         return that source's name. The content is checked against the key before
         the target commits it, and the target is asked afterwards."""
         errors: dict[str, str] = {}
-        for source in self._sources(sources):
+        noted = self.bad.of(key) if self.bad is not None else set()
+        if target in noted:
+            # Its copy is bad and may look present (same size): take it away first, so
+            # that the copy below writes the good one instead of finding "the key".
+            self.nodes[target].remove(key)
+        for source in self._sources([s for s in sources if s not in noted]):
             if self.stopping.is_set():
                 raise Stopped
             try:
@@ -137,6 +142,8 @@ class Mover:
                 self._transfer(key, size, source, self.nodes[target])
                 if self.nodes[target].present(key) is None:
                     raise IntegrityError(f"{key} is not there after the copy", target)
+                if self.bad is not None and target in noted:
+                    self.bad.forget(key, [target])
                 return source.name
             except Stopped:
                 raise
@@ -223,9 +230,13 @@ class Mover:
                 result.failed[name] = error_line(e)
 
     def confirmed(self, key: Key, names: Iterable[str]) -> list[str]:
-        """The nodes among ``names`` that confirm holding ``key`` now."""
+        """The nodes among ``names`` that confirm holding ``key`` now (a copy a read
+        noted as bad confirms nothing)."""
+        noted = self.bad.of(key) if self.bad is not None else set()
         out = []
         for name in names:
+            if name in noted:
+                continue
             try:
                 if self.nodes[name].present(key) is not None:
                     out.append(name)

@@ -10,6 +10,7 @@ wins.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -99,6 +100,39 @@ def annex_remote_config(name: str, cwd: Path | None = None) -> tuple[str, dict[s
     inherited = {k: v for k, v in configs.get(parent, {}).items() if k in SAMEAS_INHERITS}
     own = {k: v for k, v in config.items() if k not in SAMEAS_INHERITS}
     return parent, {**own, **inherited}
+
+
+#: git-annex's trust levels as ``trust.log`` writes them.
+TRUSTED, SEMITRUSTED, UNTRUSTED, DEAD = "1", "?", "0", "X"
+
+
+def parse_trust_log(text: str) -> dict[str, str]:
+    """UUID -> trust level, the newest line per UUID (lines ``UUID LEVEL
+    timestamp=Ts``; of two lines with one timestamp, the later: the journal's)."""
+    newest: dict[str, tuple[float, str]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[1] not in (TRUSTED, SEMITRUSTED, UNTRUSTED, DEAD):
+            continue
+        stamp = 0.0
+        for field in fields[2:]:
+            if field.startswith("timestamp="):
+                with contextlib.suppress(ValueError):
+                    stamp = float(field.removeprefix("timestamp=").rstrip("s"))
+        if fields[0] not in newest or stamp >= newest[fields[0]][0]:
+            newest[fields[0]] = (stamp, fields[1])
+    return {uuid: level for uuid, (_, level) in newest.items()}
+
+
+def trust_levels(cwd: Path | None = None) -> dict[str, str]:
+    """The repository's trust levels, from ``trust.log`` on the git-annex branch and in
+    the journal (``git annex untrust``/``dead``/...). A UUID without a line is
+    semitrusted; so is everything outside a repository. Per-clone overrides
+    (``remote.NAME.annex-trustlevel``) are not read: they do not hold in other clones."""
+    try:
+        return parse_trust_log(read_remote_log(cwd, "trust.log"))
+    except ConfigError:
+        return {}
 
 
 def remote_names(uuid: str, cwd: Path | None = None) -> list[str]:

@@ -94,6 +94,7 @@ def test_native_s3_remote_and_our_node_read_each_other(
 ) -> None:
     s3.create_bucket("shared-bucket")
     native_s3(s3repo, s3, "nat", "shared-bucket", *crypto)
+    s3repo.annex("untrust", "nat")  # one object, one copy: counted through the cluster
     init_cluster(s3repo, "s=s3://?annexremote=nat", "encryption=none")
     ours = os.urandom(2 * 1024 * 1024 + 4321)
     theirs = os.urandom(1024 * 1024 + 17)
@@ -133,6 +134,7 @@ def test_adopted_fractional_chunk_size_is_git_annexs_to_the_byte(
     finds the native remote's chunks, and stores no second set of its own."""
     s3.create_bucket("frac")
     native_s3(s3repo, s3, "nat", "frac", "encryption=none", "chunk=1.1MiB")
+    s3repo.annex("untrust", "nat")
     init_cluster(s3repo, "s=s3://?annexremote=nat", "encryption=none")
     theirs = add_file(s3repo, "theirs.bin", 1_200_000)
     s3repo.annex("copy", "--to", "nat", "theirs.bin")

@@ -778,7 +778,8 @@ def test_gateway_restart_mid_download_resumes(tmp_path: Path, repo: Repo, gw_hos
         stderr=subprocess.STDOUT,
         text=True,
     )
-    partial = repo.path / ".git" / "annex" / "tmp" / key
+    # The remote writes beside git-annex's temp file until the bytes proved right.
+    partial = repo.path / ".git" / "annex" / "tmp" / f"{key}.cluster-part"
     deadline = time.monotonic() + 60
     while not (partial.exists() and partial.stat().st_size > 20 * 1024 * 1024):
         assert time.monotonic() < deadline and get.poll() is None, "the download did not start"

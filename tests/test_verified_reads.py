@@ -343,3 +343,110 @@ def test_a_failed_get_leaves_its_good_bytes_for_git_annex_to_resume(
     nodes["n0"].heal()
     assert cluster.retrieve(key, str(dest)) == "n0"
     assert dest.read_bytes() == data
+
+
+# -- what the review found ---------------------------------------------------------------
+
+
+def test_a_stream_that_fell_over_blames_only_the_copy_that_is_bad(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """n0 (rotten in its first half) fails half-way, n1 (intact) continues, the hash
+    fails at the end: n1 must not be noted bad, or the gateway's next REMOVE (which
+    removes noted copies) would take the only good copy."""
+    from git_annex_remote_proxy.gateway import ClusterBackend
+
+    cluster, nodes = make_cluster(2, copies=2, mincopies=1)
+    data = content(BLOCK)
+    key = make_key(data)
+    put(nodes["n0"], key, data)
+    path = object_path(nodes["n0"], key)
+    path.chmod(0o644)
+    raw = bytearray(data)
+    raw[100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    put(nodes["n1"], key, data)
+    nodes["n0"].fail("retrieve", Unavailable, after_bytes=BLOCK // 2, times=1)
+    with pytest.raises(IntegrityError):
+        cluster.retrieve_stream(key, Sink())
+    assert cluster.bad.of(key) == {"n0"}
+    (tmp_path / "locks").mkdir()
+    backend = ClusterBackend(cluster, lambda _m: None, None, tmp_path / "locks")
+    assert backend.remove(key) == (False, ())  # the bad copy only, and a FAILURE
+    assert object_path(nodes["n1"], key).read_bytes() == data
+    assert nodes["n0"].inner.present(key) is None
+    assert backend.remove(key) == (True, ())  # asked again: everywhere
+
+
+def test_a_resumable_store_replaces_a_noted_bad_copy(tmp_path: Path) -> None:
+    """The gateway's uploads go through store_resuming: a rotten copy of the same size
+    must not count as "already there"."""
+    nodes = []
+    for name in ("r0", "r1"):
+        (tmp_path / name).mkdir()
+        nodes.append(FileNode(parse_node(f"{name}=file://{tmp_path}/{name}")))
+    cluster = Cluster(nodes, copies=2)
+    data = content(5000)
+    key = make_key(data)
+    rot(FaultyNode(nodes[0]), key, data)
+    cluster.bad.note(key, "r0", "read found it wrong")
+    outcome = cluster.store_resuming(key, io.BytesIO(data), len(data), 0, nodes)
+    assert sorted(outcome.stored) == ["r0", "r1"]
+    assert object_path(FaultyNode(nodes[0]), key).read_bytes() == data
+    assert cluster.bad.of(key) == set()
+    cluster.close()
+
+
+def test_maintenance_does_not_count_or_copy_from_a_noted_bad_copy(tmp_path: Path) -> None:
+    from shared.mover import Mover
+
+    nodes = {}
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        nodes[name] = FaultyNode(FileNode(parse_node(f"{name}=file://{tmp_path}/{name}")))
+    data = content(3000)
+    key = make_key(data)
+    for node in nodes.values():
+        put(node, key, data)
+    rot(nodes["c"], key, data)
+    bad = BadCopies()
+    bad.note(key, "c", "a read found it wrong")
+    mover = Mover(nodes, copies=2, bad=bad)
+    assert mover.confirmed(key, ["a", "b", "c"]) == ["a", "b"]
+    # A copy to the bad node replaces its copy (same size: it looked present).
+    assert mover.copy(key, ["c", "a"], "c") == "a"
+    assert object_path(nodes["c"], key).read_bytes() == data
+    assert bad.of(key) == set()
+
+
+def test_a_proxy_remote_notes_no_bad_copy_of_its_gateway(tmp_path: Path) -> None:
+    """Removing a gateway's copy removes every copy behind it: a cluster whose node is a
+    gateway notes nothing (so no store removes "the bad copy" first)."""
+    (tmp_path / "g").mkdir()
+    node = FaultyNode(FileNode(parse_node(f"g=file://{tmp_path}/g")))
+    cluster = Cluster([node], note_bad=False)
+    data = content(100)
+    key = make_key(data)
+    rot(node, key, data)
+    told: list[str] = []
+    cluster.on_bad = lambda _k, n, _w: told.append(n)
+    with pytest.raises(IntegrityError):
+        cluster.retrieve_stream(key, Sink())
+    assert told == ["g"] and cluster.bad.of(key) == set()
+    cluster.close()
+
+
+def test_the_location_log_is_read_from_the_private_journal_too(tmp_path: Path) -> None:
+    """Remotes made with initremote --private log to journal-private: an
+    under-replicated key of such a remote is still recorded (fsck --from keeps it)."""
+    from shared.locationlog import records
+
+    key = make_key(b"private")
+    uuid = "11111111-2222-3333-4444-555555555555"
+    git_dir = tmp_path / ".git"
+    journal = git_dir / "annex" / "journal-private"
+    journal.mkdir(parents=True)
+    path = f"{key.hashdirlower}{key.file_name}.log"
+    (journal / path.replace("_", "__").replace("/", "_")).write_text(f"1700000000s 1 {uuid}\n")
+    assert records(key, uuid, git_dir) is True
+    assert records(key, "99999999-2222-3333-4444-555555555555", git_dir) is False

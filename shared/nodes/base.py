@@ -28,6 +28,9 @@ Contracts (the cluster and the conformance tests rely on them):
 - ``owner()`` / ``claim(uuid)`` (nodes that ``records_owner``): the UUID of the remote
   or gateway target that owns the storage, kept in a small marker beside the objects
   (``shared.nodes.owner``); see their docstrings.
+- ``native_owner()``: the UUID of a git-annex special remote of git-annex's own that
+  keeps its objects in the same storage (git-annex's S3 remote records it in
+  ``annex-uuid`` at its prefix): both remotes would report the same objects.
 - Errors are the flat types of ``shared.errors``, translated at the backend's edge.
 """
 
@@ -184,6 +187,13 @@ class Node(ABC):
         ``records_owner`` write nothing and return ``uuid``."""
         return uuid
 
+    def native_owner(self) -> str | None:
+        """The UUID of a git-annex special remote (not one of ours) that keeps its own
+        objects, under the names this node uses, in this storage: git-annex's S3 remote
+        writes it to ``<fileprefix>annex-uuid``. None when there is none, and for node
+        types without such a record. Raises like ``owner``."""
+        return None
+
     @abstractmethod
     def present(self, key: Key) -> int | None: ...
 
@@ -291,6 +301,9 @@ class Layer(Node):
 
     def claim(self, uuid: str, take_over: bool = False) -> str:
         return self.inner.claim(uuid, take_over)
+
+    def native_owner(self) -> str | None:
+        return self.inner.native_owner()
 
     def usage(self) -> Usage | None:
         return self.inner.usage()

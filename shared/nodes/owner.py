@@ -99,6 +99,8 @@ class OwnedNode(Layer):
         self.ownership = ownership
         self._lock = threading.Lock()
         self._owner: str | None = None  # the recorded owner, once claimed or read
+        self._seen: str | None = None  # the owner a presence check read (None: unclaimed)
+        self._asked = False
 
     def _mine(self) -> None:
         """Claim the node once per process; raise ``NotOwner`` if another remote owns
@@ -117,6 +119,22 @@ class OwnedNode(Layer):
             )
 
     def present(self, key: Key) -> int | None:
+        """A node another remote owns confirms nothing for this one (NotOwner: its
+        presence is "cannot tell"): its objects are that remote's, and counting them
+        here would count one physical copy twice. Reads of its content still work."""
+        with self._lock:
+            if self._owner is None and not self._asked:
+                self._seen = self.inner.owner()  # once per process; unclaimed: None
+                self._asked = True
+            owner = self._owner if self._owner is not None else self._seen
+        if owner is not None and owner != self.ownership.uuid:
+            raise NotOwner(
+                f"belongs to {self.ownership.describe(owner)}, not to this one "
+                f"(UUID {self.ownership.uuid}): what it holds does not count as this "
+                f"remote's copy; {self.ownership.what_to_do()}",
+                self.name,
+                owner,
+            )
         return self.inner.present(key)
 
     def store(self, key: Key, source: Readable, size: int) -> bool:

@@ -360,8 +360,8 @@ class S3Node(Node):
 
     records_owner = True
 
-    def owner(self) -> str | None:
-        name = self.prefix + MARKER
+    def _record(self, name: str, what: str) -> str | None:
+        """The UUID the small object ``name`` holds; None when there is no such object."""
 
         def get() -> bytes | None:
             try:
@@ -376,10 +376,19 @@ class S3Node(Node):
             finally:
                 body.close()
 
-        data = self._call("reading the owner record", get)
+        data = self._call(what, get)
         if data is None:
             return None
         return parse_marker(data, self.name, f"s3://{self.bucket}/{name}")
+
+    def owner(self) -> str | None:
+        return self._record(self.prefix + MARKER, "reading the owner record")
+
+    def native_owner(self) -> str | None:
+        # git-annex's S3 remote (Remote/S3.hs, writeUUIDFile) puts its UUID, bare, in
+        # <fileprefix>annex-uuid when it creates or first uses the bucket (not for
+        # exporttree/importtree remotes, whose objects are named after files).
+        return self._record(self.prefix + "annex-uuid", "reading git-annex's annex-uuid")
 
     def claim(self, uuid: str, take_over: bool = False) -> str:
         current = self.owner()

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import BinaryIO
 
 from shared.badcopies import BadCopies
 from shared.errors import (
@@ -29,9 +28,8 @@ from shared.errors import (
     wrong_content,
 )
 from shared.fanout import QueueReader, fan_out
-from shared.keys import ContentVerifier, Key
+from shared.keys import Key
 from shared.nodes.base import (
-    BLOCK,
     UNKNOWN_SIZE,
     CountingSink,
     Layer,
@@ -42,9 +40,14 @@ from shared.nodes.base import (
 )
 from shared.nodeurl import DEFAULT_RESERVE
 from shared.placement import rendezvous_order, spread_over_zones
-from shared.verify import VerifiedReader, VerifyingSink
+from shared.verify import (
+    CheckedStream,
+    Progress,
+    VerifiedFile,
+    VerifiedReader,
+    VerifyingSink,
+)
 
-Progress = Callable[[int], None]
 USAGE_TTL = 5.0  # seconds a node's free space is trusted before it is asked again
 
 
@@ -454,7 +457,7 @@ class Cluster:
         absent: list[str] = []
         bad: dict[str, str] = {}
         noted = self.bad.of(key)
-        sink = _VerifiedFile(path, key, progress)
+        sink = VerifiedFile(path, key, progress)
         with sink:
             order = sorted(self.retrieve_order(key), key=lambda n: n.name in noted)
             i = 0
@@ -519,7 +522,7 @@ class Cluster:
         errors: dict[str, str] = {}
         absent: list[str] = []
         counting = CountingSink(sink)
-        checked = _Checked(counting, key, offset)
+        checked = CheckedStream(counting, key, offset)
         noted = self.bad.of(key)
         sources: list[Node] = []  # the nodes whose bytes the stream holds
         for node in sorted(self.retrieve_order(key), key=lambda n: n.name in noted):
@@ -687,169 +690,3 @@ def _retrieve_failed(
         )
         return RetrieveFailed(f"could not get {key} from any node ({detail}){hint}")
     return RetrieveFailed(f"{key} is on none of the nodes ({', '.join(absent)})")
-
-
-class _Checked:
-    """A sink that counts and checks what passes on to a receiver that already holds
-    ``offset`` bytes: the size never past the key's, and the hash when the node's
-    copy is complete. Where the key has a hash, the first node is read from byte 0
-    and the bytes the receiver holds are hashed, not sent (a resumed download is
-    checked whole); a node that fails over continues where the last one stopped."""
-
-    def __init__(self, sink: CountingSink, key: Key, offset: int) -> None:
-        self.sink, self.key, self.offset = sink, key, offset
-        self.verifier = ContentVerifier(key)
-        self.hashing = self.verifier.checks_hash
-        self.skip = 0  # bytes still to hash, not send
-        self.position = offset  # in the object, of the next byte to arrive
-
-    def start(self) -> int:
-        """Where the next node's read starts (and set up what is skipped)."""
-        if self.hashing and self.sink.count == 0:
-            self.verifier = ContentVerifier(self.key)  # a failed first node's bytes are gone
-            self.skip, self.position = self.offset, 0
-        else:
-            self.skip, self.position = 0, self.offset + self.sink.count
-        return self.position
-
-    def write(self, data: bytes) -> None:
-        size = self.key.content_size
-        if size is not None and self.position + len(data) > size:
-            raise BadReplica(f"{self.key}: the copy is longer than the key's {size} bytes")
-        self.position += len(data)
-        if self.hashing:
-            self.verifier.update(data)
-        if self.skip:
-            held = min(self.skip, len(data))
-            self.skip -= held
-            data = data[held:]
-        if data:
-            self.sink.write(data)
-
-    def check(self, node: str) -> None:
-        size = self.key.content_size
-        if size is not None and self.position != size:
-            raise BadReplica(
-                f"{self.key}: the copy ends after {self.position} of {size} bytes", node
-            )
-        if self.hashing:
-            try:
-                self.verifier.verify()
-            except IntegrityError as e:
-                raise BadReplica(str(e), node) from None
-
-
-class _VerifiedFile:
-    """The destination file, appended to sequentially, hashed as it grows (what a
-    resumed download already holds first), reporting progress as deltas.
-
-    The bytes go to ``PATH.cluster-part`` and are renamed to ``PATH`` (the file
-    git-annex asked for) once they proved right, or, when the get fails, to be
-    resumed from. git-annex follows ``PATH`` as it grows and hashes what it reads
-    (``tailVerify``); it cannot be told that bytes it read were taken back, so a
-    node's copy that proves wrong must never have been written there. (Not a copy
-    of the content: the same file, renamed. A partial ``PATH`` is renamed to the
-    side at the start, and a side file a killed get left is continued.)
-
-    Dropping what a bad node wrote is lazy (``discard``): the file is emptied when
-    the next node writes its first byte, so that when no other node has the key,
-    the last bad copy is still there for git-annex to judge."""
-
-    def __init__(self, path: str, key: Key, progress: Progress | None) -> None:
-        self._path, self._part = path, path + ".cluster-part"
-        try:
-            if os.path.getsize(path) > 0:  # git-annex's partial file: continue it
-                os.replace(path, self._part)
-        except FileNotFoundError:
-            pass  # none, or our side file from a get that was killed
-        self._f: BinaryIO = open(self._part, "a+b")  # noqa: SIM115 - closed by __exit__
-        self._key, self._progress = key, progress
-        self._verifier = ContentVerifier(key)
-        self._pending = False  # discard() called, nothing written since
-        self._kept_whole = False  # what discard() left is a bad node's complete copy
-        self.finished = False  # the node writing now said it was done
-        self._writer: str | None = None  # the node that wrote every byte there, if one did
-        self._f.seek(0)
-        while block := self._f.read(BLOCK):
-            self._verifier.update(block)
-        self._report(self._f.tell())
-
-    def _report(self, delta: int) -> None:
-        if self._progress is not None and delta:
-            self._progress(delta)
-
-    def position(self) -> int:
-        return 0 if self._pending else self._f.tell()
-
-    def restart(self) -> int:
-        """Drop what is there: not a prefix of the object (longer than it)."""
-        self._report(-self._f.tell())
-        self._f.seek(0)
-        self._f.truncate(0)
-        self._verifier = ContentVerifier(self._key)
-        self._pending = self._kept_whole = False
-        self._writer = None
-        return 0
-
-    def discard(self, complete: bool) -> None:
-        """What is there is wrong: the next write starts the file over. ``complete``:
-        it is the whole of a node's copy, as the node has it."""
-        self._pending = True
-        self._kept_whole = complete
-
-    def drop_discarded(self) -> None:
-        """Empty the file now if what is there was discarded."""
-        if self._pending:
-            self.restart()
-
-    def whole_from(self, node: str) -> bool:
-        """Whether ``node`` wrote every byte there (so a wrong result is its own)."""
-        return self._writer == node
-
-    def kept_whole(self) -> bool:
-        """Whether a complete, discarded copy is still there (see the class docstring)."""
-        return self._pending and self._kept_whole
-
-    def write(self, data: bytes) -> int:
-        if self._pending:
-            self.restart()
-        size = self._key.content_size
-        if size is not None and self._f.tell() + len(data) > size:
-            raise BadReplica(f"{self._key}: the copy is longer than the key's {size} bytes")
-        n = self._f.write(data)
-        self._verifier.update(data)
-        self._report(n)
-        return n
-
-    def starting(self, node: str) -> None:
-        self.finished = False
-        if self._f.tell() == 0 or self._pending:
-            self._writer = node
-        elif self._writer != node:
-            self._writer = None
-
-    def check(self) -> None:
-        """The node is done: raise BadReplica unless the content is the key's."""
-        self.finished = True
-        try:
-            self._verifier.verify()
-        except IntegrityError as e:
-            raise BadReplica(str(e)) from None
-
-    def publish(self) -> None:
-        """Hand the bytes to git-annex: rename them to the file it asked for."""
-        self._f.flush()
-        os.replace(self._part, self._path)
-
-    def __enter__(self) -> _VerifiedFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._f.close()
-        try:
-            if self._pending or os.path.getsize(self._part) == 0:
-                os.unlink(self._part)  # nothing worth resuming
-            else:
-                os.replace(self._part, self._path)  # a good prefix: git-annex resumes it
-        except FileNotFoundError:
-            pass  # published

@@ -124,7 +124,7 @@ _MARKED = ("file", "sftp", "s3")  # nodes whose storage records its owner
 
 class ClusterRemote(Remote):
     # UNORDERED: retrieve writes its file sequentially, but only once the bytes proved
-    # right does it put them where git-annex asked (see shared.cluster._VerifiedFile),
+    # right does it put them where git-annex asked (see shared.verify.VerifiedFile),
     # and a git-annex proxying this remote must not stream bytes that may be taken back.
     ordered = False
     #: bad copies found by reads are noted (read last, replaced by the next store);

@@ -97,10 +97,8 @@ class Census:
     """What the nodes answered about one key."""
 
     holders: list[str] = field(default_factory=list)  # confirmed, with the right size
-    absent: list[str] = field(default_factory=list)
     bad: dict[str, str] = field(default_factory=dict)  # node -> why its copy is wrong
     unknown: dict[str, str] = field(default_factory=dict)  # node -> why it did not answer
-    size: int | None = None  # as a holder told it
 
 
 class PresenceUnknown(ClusterError):
@@ -346,8 +344,7 @@ class Cluster:
 
         def consumer(node: Node) -> Callable[[QueueReader], None]:
             def store(reader: QueueReader) -> None:
-                if node.name in noted:  # as in _fan_out: a bad copy must not count
-                    node.remove(key)
+                _drop_if_noted(node, key, noted)
                 checked = VerifiedReader(reader, key, size - offset)
                 update = checked.verifier.update
                 wrote[node.name] = node.store_from(key, checked, size, offset, update)
@@ -395,10 +392,7 @@ class Cluster:
 
         def consumer(node: Node) -> Callable[[QueueReader], None]:
             def store(reader: QueueReader) -> None:
-                if node.name in noted:
-                    # Its copy is bad, and may look present (a flipped bit keeps the
-                    # size): remove it, so that the store writes the good one.
-                    node.remove(key)
+                _drop_if_noted(node, key, noted)
                 wrote[node.name] = node.store(key, reader, size)
 
             return store
@@ -430,6 +424,10 @@ class Cluster:
         ranked = self.order(key)
         return sorted(ranked, key=lambda n: (n.cost, ranked.index(n)))
 
+    def _read_order(self, key: Key, noted: set[str]) -> list[Node]:
+        """``retrieve_order``, the nodes ``noted`` as holding a bad copy of the key last."""
+        return sorted(self.retrieve_order(key), key=lambda n: n.name in noted)
+
     def _bad_copy(self, key: Key, node: str, why: str) -> None:
         """Note a node's wrong copy (for later reads, ``status`` and ``fsck``) and tell
         whoever runs us, in one line."""
@@ -459,7 +457,7 @@ class Cluster:
         noted = self.bad.of(key)
         sink = VerifiedFile(path, key, progress)
         with sink:
-            order = sorted(self.retrieve_order(key), key=lambda n: n.name in noted)
+            order = self._read_order(key, noted)
             i = 0
             while i < len(order):
                 node = order[i]
@@ -525,7 +523,7 @@ class Cluster:
         checked = CheckedStream(counting, key, offset)
         noted = self.bad.of(key)
         sources: list[Node] = []  # the nodes whose bytes the stream holds
-        for node in sorted(self.retrieve_order(key), key=lambda n: n.name in noted):
+        for node in self._read_order(key, noted):
             try:
                 start = checked.start()
                 if start == 0:
@@ -590,7 +588,8 @@ class Cluster:
 
     def _ask(self, node: Node, key: Key, census: Census) -> None:
         try:
-            self._tally(node, key, node.present(key), census)
+            if node.present(key) is not None:
+                census.holders.append(node.name)
         except BadReplica as e:
             census.bad[node.name] = error_line(e)
             self._bad_copy(key, node.name, census.bad[node.name])
@@ -606,15 +605,6 @@ class Cluster:
             _done, pending = wait(pending, return_when=FIRST_COMPLETED)
             if enough and len(census.holders) >= enough:
                 return  # the others' answers land in ``census`` as they come; unread
-
-    @staticmethod
-    def _tally(node: Node, key: Key, size: int | None, census: Census) -> None:
-        if size is None:
-            census.absent.append(node.name)
-        else:
-            census.holders.append(node.name)
-            if size != UNKNOWN_SIZE and census.size is None:
-                census.size = size
 
     def present(self, key: Key, recorded: Callable[[Key], bool] | None = None) -> bool:
         """What CHECKPRESENT (and LOCKCONTENT) answer: the cluster holds the key.
@@ -666,6 +656,14 @@ class Cluster:
         self.bad.forget(key, [n.name for n in self.nodes if n.name not in failed])
         if failed:
             raise RemoveFailed(key, failed)
+
+
+def _drop_if_noted(node: Node, key: Key, noted: set[str]) -> None:
+    """Before a store: a copy noted bad may look present (a flipped bit keeps the
+    size), so it is removed, and the store writes the good one instead of counting
+    it as "already there"."""
+    if node.name in noted:
+        node.remove(key)
 
 
 def _innermost(node: Node) -> Node:

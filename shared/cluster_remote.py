@@ -136,6 +136,7 @@ class ClusterRemote(Remote):
         self.configs = dict(CONFIGS)
         self._cluster: Cluster | None = None
         self._gitdir: Path | None = None
+        self._myuuid: str | None = None
         self._name = ""
 
     # -- configuration ------------------------------------------------------
@@ -160,7 +161,7 @@ class ClusterRemote(Remote):
             )
             repos += [s.name for s in specs if s.scheme == "gateway+ssh"]
             marked = any(s.scheme in _MARKED for s in specs)
-            uuid = self.annex.getuuid() if repos or marked else None
+            uuid = self._uuid() if repos or marked else None
             ownership = self._ownership(uuid) if uuid and marked else None
             nodes = [open_node(s, uuid, ownership=ownership) for s in specs]
             copies, mincopies = self.policy()
@@ -176,6 +177,13 @@ class ClusterRemote(Remote):
         except ClusterError as e:
             raise RemoteError(str(e)) from e
 
+    def _uuid(self) -> str:
+        """The remote's UUID, asked once per process (the nodes' ownership, the bad
+        copies' journal and the location log all need it)."""
+        if self._myuuid is None:
+            self._myuuid = str(self.annex.getuuid())
+        return self._myuuid
+
     def _git_dir(self) -> Path:
         if self._gitdir is None:
             self._gitdir = Path(self.annex.getgitdir()).absolute()
@@ -185,7 +193,7 @@ class ClusterRemote(Remote):
         """``.git/annex/cluster/<remote uuid>/bad-copies``: the bad copies this clone's
         reads found, read by ``status`` and ``fsck`` (see ``shared.badcopies``)."""
         try:
-            return bad_copies_path(self._git_dir(), self.annex.getuuid())
+            return bad_copies_path(self._git_dir(), self._uuid())
         except Exception:  # a git-annex that cannot tell: keep them in memory
             return None
 
@@ -209,7 +217,7 @@ class ClusterRemote(Remote):
     def _recorded(self, key: Key) -> bool:
         """Whether git-annex records this remote as holding ``key`` (its location log)."""
         try:
-            return records(key, self.annex.getuuid(), self._git_dir())
+            return records(key, self._uuid(), self._git_dir())
         except Exception as e:  # cannot tell: the stricter answer (a store tops it up)
             self.annex.debug(f"{key}: cannot read the location log: {e}")
             return False
@@ -281,7 +289,7 @@ class ClusterRemote(Remote):
             raise RemoteError(f"force={force}: give force=yes or leave it out")
         self._record_ciphers()
         cluster = self._load(recorded=False)
-        me = self.annex.getuuid() if any(n.records_owner for n in cluster.nodes) else ""
+        me = self._uuid() if any(n.records_owner for n in cluster.nodes) else ""
         take_over = force in ("yes", "true")
         problems = []
         uuids = []

@@ -249,30 +249,16 @@ class ClusterBackend:
 
     def _bad_copies_only(self, key: Key) -> tuple[str, ...] | None:
         """A REMOVE of a key whose bad copy a read found: remove the bad copies only,
-        and fail (None: no bad copy noted, remove as usual).
-
-        The bytes of a download cannot be taken back: when a node's copy proves wrong
-        at its end, the client has them all and only then hears INVALID. A stock
-        git-annex's ``fsck --from`` judges them anyway and answers with REMOVE, which
-        would go to every node, the good copies included. So the first REMOVE after a
-        bad copy was read removes that copy and fails (the client keeps recording the
-        key here; its next read gets a good copy); a REMOVE asked again, with no bad
-        copy noted any more, goes to every node."""
-        noted = self.cluster.bad.of(key)
-        nodes = [n for n in self.cluster.nodes if n.name in noted]
-        if not nodes:
+        and fail (None: no bad copy noted, remove as usual). A stock client's ``fsck
+        --from`` got the bytes before INVALID and answers them with REMOVE: see
+        ``Cluster.remove_bad_copies``."""
+        found = self.cluster.remove_bad_copies(key)
+        if found is None:
             return None
-        removed = []
-        for node in nodes:
-            try:
-                node.remove(key)
-                removed.append(node.name)
-            except Exception as e:
-                self.log(f"removing the bad copy of {key} from node {node.name}: {e}")
-        self.cluster.bad.forget(key, removed)
+        noted, removed = found
         self.log(
             f"not removing {key} from every node: a read found bad copies on "
-            f"{', '.join(n.name for n in nodes)} (removed from {', '.join(removed) or 'none'}); "
+            f"{', '.join(noted)} (removed from {', '.join(removed) or 'none'}); "
             "the client may be acting on those bytes. Ask again to remove it everywhere."
         )
         return self._uuids(removed)

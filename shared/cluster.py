@@ -92,6 +92,15 @@ class RetrieveFailed(ClusterError):
     pass
 
 
+class GetAgain(RetrieveFailed):
+    """The right content is in place, but git-annex saw other bytes in its file during
+    this attempt: it must not take this one as a success (see ``VerifiedFile``)."""
+
+    def __init__(self, message: str, node: str) -> None:
+        super().__init__(message)
+        self.node = node  # whose copy is in place
+
+
 @dataclass
 class Census:
     """What the nodes answered about one key."""
@@ -438,25 +447,32 @@ class Cluster:
             self.on_bad(key, node, why)
 
     def retrieve(self, key: Key, path: str, progress: Progress | None = None) -> str:
-        """Fill ``path`` with the key's content, resuming what is there; return the node used.
+        """Fill ``path`` with the key's content, resuming what is there; return the node
+        used ("" when the content was already there, whole and right).
 
         Writes are strictly sequential (git-annex is told ORDERED). After a node
         fails mid-way, the next node continues from what has been written. Every
         byte is checked against the key (its size, and its hash where the key has
         one; what a resumed download already holds is hashed first): a node whose
         copy proves wrong is noted as holding a bad copy, what it wrote is dropped,
-        and the next node starts from byte 0. Only when every node answered and every
-        copy found is bad does git-annex get the last one, to judge for itself as it
-        would any remote's content (``fsck --from`` then removes copies that are all
-        bad); when a node could not be read, the get fails instead, since that node
-        may hold the one good copy.
+        and the next node starts from byte 0, beside git-annex's file; when it
+        delivers the right content, that is put in place and GetAgain is raised, as
+        git-annex saw the wrong bytes (see ``VerifiedFile``). Only when every node
+        answered and every copy found is bad does git-annex get the last one, to
+        judge for itself as it would any remote's content (``fsck --from`` then
+        removes copies that are all bad); when a node could not be read, the get
+        fails instead, since that node may hold the one good copy.
         """
         errors: dict[str, str] = {}
         absent: list[str] = []
         bad: dict[str, str] = {}
         noted = self.bad.of(key)
+        done: str | None = None
         sink = VerifiedFile(path, key, progress)
         with sink:
+            if sink.complete():
+                sink.publish()
+                return ""
             order = self._read_order(key, noted)
             i = 0
             while i < len(order):
@@ -477,10 +493,8 @@ class Cluster:
                     sink.starting(node.name)
                     node.retrieve(key, sink, offset)
                     sink.check()
-                    sink.publish()
-                    if node.name in noted:
-                        self.bad.forget(key, [node.name])  # replaced since it was noted
-                    return node.name
+                    done = node.name
+                    break
                 except NotFound:
                     absent.append(node.name)
                 except Exception as e:
@@ -500,11 +514,21 @@ class Cluster:
                         # No wrong byte may outlive this attempt.
                         sink.discard(complete=isinstance(e, BadReplica) and sink.finished)
                 i += 1
+            if done is not None:
+                if done in noted:
+                    self.bad.forget(key, [done])  # replaced since it was noted
+                if sink.publish():
+                    raise GetAgain(
+                        f"the copy of {key} read first was wrong, node {done}'s is right "
+                        "and is now in place: run the command again to use it "
+                        "(git annex get retries by itself)",
+                        done,
+                    )
+                return done
             if bad and not errors and sink.kept_whole():
                 # Every copy there is, is bad: git-annex gets the last one and judges it.
                 sink.publish()
                 return next(reversed(bad))
-            sink.drop_discarded()  # git-annex resumes from what it keeps: nothing wrong
         raise _retrieve_failed(key, errors, absent, bad)
 
     def retrieve_stream(self, key: Key, sink: Writable, offset: int = 0) -> str:
@@ -643,6 +667,30 @@ class Cluster:
         return False
 
     # -- remove -------------------------------------------------------------
+
+    def remove_bad_copies(self, key: Key) -> tuple[list[str], list[str]] | None:
+        """Before a REMOVE: when a read noted bad copies of the key, remove those only
+        and return (the nodes noted, those removed); None: none noted, remove as usual.
+
+        The caller must then fail the REMOVE. The bytes of a bad copy may have reached
+        git-annex before they proved wrong (a gateway's stream, a file git-annex hashed
+        or a proxying git-annex streamed as it grew): ``git annex fsck --from`` judges
+        them and answers with REMOVE, which would go to every node, the good copies
+        included. The client keeps recording the key; its next read gets a good copy,
+        and a REMOVE asked again, with no bad copy noted any more, goes everywhere."""
+        noted = self.bad.of(key)
+        nodes = [n for n in self.nodes if n.name in noted]
+        if not nodes:
+            return None
+        removed = []
+        for node in nodes:
+            try:
+                node.remove(key)
+                removed.append(node.name)
+            except Exception as e:
+                self._log(f"removing the bad copy of {key} from node {node.name}: {e}")
+        self.bad.forget(key, removed)
+        return [n.name for n in nodes], removed
 
     def remove(self, key: Key) -> None:
         """Remove from every node, not only those expected to hold the key."""

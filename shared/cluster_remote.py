@@ -123,10 +123,11 @@ _MARKED = ("file", "sftp", "s3")  # nodes whose storage records its owner
 
 
 class ClusterRemote(Remote):
-    # UNORDERED: retrieve writes its file sequentially, but only once the bytes proved
-    # right does it put them where git-annex asked (see shared.verify.VerifiedFile),
-    # and a git-annex proxying this remote must not stream bytes that may be taken back.
-    ordered = False
+    # ORDERED: retrieve writes its file sequentially, so git-annex hashes it as it
+    # grows instead of reading it again afterwards. Bytes of a bad copy may be seen
+    # that way: the attempt then fails (see shared.verify.VerifiedFile), and a REMOVE
+    # answering them removes only the bad copies (Cluster.remove_bad_copies).
+    ordered = True
     #: bad copies found by reads are noted (read last, replaced by the next store);
     #: not where the one node is a gateway, which notes them among its own nodes
     notes_bad_copies = True
@@ -441,6 +442,14 @@ class ClusterRemote(Remote):
 
     def remove(self, key: str) -> None:
         k = self._key(key)
+        found = self.cluster.remove_bad_copies(k)
+        if found is not None:
+            noted, removed = found
+            raise RemoteError(
+                f"removed only the bad copies of {k} that reads found on node(s) "
+                f"{', '.join(noted)} (removed from {', '.join(removed) or 'none'}), as "
+                "git-annex may be judging their bytes: drop it again to remove it everywhere"
+            )
         try:
             self.cluster.remove(k)
         except RemoveFailed as e:

@@ -126,29 +126,38 @@ class CheckedStream:
 
 
 class VerifiedFile:
-    """The destination file, appended to sequentially, hashed as it grows (what a
-    resumed download already holds first), reporting progress as deltas.
+    """The file git-annex asked for, appended to sequentially and hashed as it grows
+    (what a resumed download already holds first), reporting progress as deltas.
 
-    The bytes go to ``PATH.cluster-part`` and are renamed to ``PATH`` (the file
-    git-annex asked for) once they proved right, or, when the get fails, to be
-    resumed from. git-annex follows ``PATH`` as it grows and hashes what it reads
-    (``tailVerify``); it cannot be told that bytes it read were taken back, so a
-    node's copy that proves wrong must never have been written there. (Not a copy
-    of the content: the same file, renamed. A partial ``PATH`` is renamed to the
-    side at the start, and a side file a killed get left is continued.)
+    git-annex is told ORDERED: it hashes that file while it grows (``tailVerify``,
+    so that it need not read it again afterwards), and a git-annex proxying this
+    remote streams it to its client while it grows. Neither can be told that bytes
+    were taken back. So once a node's bytes written there prove wrong, the file is
+    left alone for the rest of the attempt: the next nodes write beside it, to
+    ``PATH.cluster-part``. When one of them delivers the right content, it is
+    renamed to ``PATH`` and ``publish`` says that git-annex saw other bytes: the
+    attempt must fail (git-annex retries a get that made progress; a proxied client
+    finds the hash wrong and asks again), and the next attempt finds the right
+    content complete, checks it and reads no node. No wrong byte is ever taken by
+    git-annex as verified.
 
-    Dropping what a bad node wrote is lazy (``discard``): the file is emptied when
+    Dropping what a bad node wrote is lazy (``discard``): nothing is emptied until
     the next node writes its first byte, so that when no other node has the key,
-    the last bad copy is still there for git-annex to judge."""
+    the last bad copy is still there for git-annex to judge. A side file that a
+    killed get left is continued."""
 
     def __init__(self, path: str, key: Key, progress: Progress | None) -> None:
         self._path, self._part = path, path + ".cluster-part"
         try:
-            if os.path.getsize(path) > 0:  # git-annex's partial file: continue it
-                os.replace(path, self._part)
+            if os.path.getsize(self._part) > 0:  # a killed get's right-so-far bytes
+                os.replace(self._part, path)
+            else:
+                os.unlink(self._part)
         except FileNotFoundError:
-            pass  # none, or our side file from a get that was killed
-        self._f: BinaryIO = open(self._part, "a+b")  # noqa: SIM115 - closed by __exit__
+            pass
+        self._f: BinaryIO = open(path, "a+b")  # noqa: SIM115 - closed by __exit__
+        self._aside = False  # writing to the side file: git-annex saw other bytes
+        self._published = False
         self._key, self._progress = key, progress
         self._verifier = ContentVerifier(key)
         self._pending = False  # discard() called, nothing written since
@@ -167,9 +176,25 @@ class VerifiedFile:
     def position(self) -> int:
         return 0 if self._pending else self._f.tell()
 
+    def complete(self) -> bool:
+        """Whether the file already holds the key's whole content (a retried get after
+        the right content was put in place): checked, so nothing need be read."""
+        if self._pending or self._key.size is None or self._f.tell() != self._key.size:
+            return False
+        try:
+            self._verifier.verify()
+        except IntegrityError:
+            return False
+        return True
+
     def restart(self) -> int:
-        """Drop what is there: not a prefix of the object (longer than it)."""
+        """Drop what is there (a bad copy, or not a prefix of the object): git-annex's
+        file is not touched again once it held bytes; the side file starts over."""
         self._report(-self._f.tell())
+        if not self._aside and self._f.tell() > 0:
+            self._f.close()
+            self._f = open(self._part, "w+b")  # noqa: SIM115 - closed by __exit__
+            self._aside = True
         self._f.seek(0)
         self._f.truncate(0)
         self._verifier = ContentVerifier(self._key)
@@ -178,15 +203,18 @@ class VerifiedFile:
         return 0
 
     def discard(self, complete: bool) -> None:
-        """What is there is wrong: the next write starts the file over. ``complete``:
-        it is the whole of a node's copy, as the node has it."""
+        """What is there is wrong: the next write starts over. ``complete``: it is the
+        whole of a node's copy, as the node has it."""
         self._pending = True
         self._kept_whole = complete
 
     def drop_discarded(self) -> None:
-        """Empty the file now if what is there was discarded."""
+        """Empty the files now if what is there was discarded (the get fails: no wrong
+        byte may outlive it, and git-annex's file no longer matters for this attempt)."""
         if self._pending:
             self.restart()
+            if self._aside:
+                os.truncate(self._path, 0)
 
     def whole_from(self, node: str) -> bool:
         """Whether ``node`` wrote every byte there (so a wrong result is its own)."""
@@ -222,20 +250,28 @@ class VerifiedFile:
         except IntegrityError as e:
             raise BadReplica(str(e)) from None
 
-    def publish(self) -> None:
-        """Hand the bytes to git-annex: rename them to the file it asked for."""
+    def publish(self) -> bool:
+        """Hand the bytes to git-annex, in the file it asked for. True: it saw other
+        bytes there during this attempt, which must fail (see the class docstring)."""
         self._f.flush()
-        os.replace(self._part, self._path)
+        if self._aside:
+            os.replace(self._part, self._path)
+        self._published = True
+        return self._aside
 
     def __enter__(self) -> VerifiedFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self._published:
+            self.drop_discarded()
         self._f.close()
+        if self._published or not self._aside:
+            return  # git-annex's file holds what it should: the content, or a good prefix
         try:
             if self._pending or os.path.getsize(self._part) == 0:
                 os.unlink(self._part)  # nothing worth resuming
             else:
                 os.replace(self._part, self._path)  # a good prefix: git-annex resumes it
         except FileNotFoundError:
-            pass  # published
+            pass

@@ -190,8 +190,7 @@ def test_get_fails_over_and_resumes(repo: Repo, cluster: SFTPCluster) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    # The remote writes beside git-annex's temp file until the bytes proved right.
-    partial = repo.path / ".git" / "annex" / "tmp" / f"{Key.parse(key).file_name}.cluster-part"
+    partial = repo.path / ".git" / "annex" / "tmp" / Key.parse(key).file_name
     wait_for(lambda: partial.exists() and partial.stat().st_size > 1024 * 1024, "the download")
     cluster.host_of(first).stop()
     out, _ = get.communicate(timeout=300)

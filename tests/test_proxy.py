@@ -778,8 +778,7 @@ def test_gateway_restart_mid_download_resumes(tmp_path: Path, repo: Repo, gw_hos
         stderr=subprocess.STDOUT,
         text=True,
     )
-    # The remote writes beside git-annex's temp file until the bytes proved right.
-    partial = repo.path / ".git" / "annex" / "tmp" / f"{key}.cluster-part"
+    partial = repo.path / ".git" / "annex" / "tmp" / key
     deadline = time.monotonic() + 60
     while not (partial.exists() and partial.stat().st_size > 20 * 1024 * 1024):
         assert time.monotonic() < deadline and get.poll() is None, "the download did not start"

@@ -14,7 +14,7 @@ from faulty import FaultyNode
 from node_conformance import make_key
 
 from shared.badcopies import BadCopies
-from shared.cluster import Cluster, PresenceUnknown, RetrieveFailed
+from shared.cluster import Cluster, GetAgain, PresenceUnknown, RetrieveFailed
 from shared.errors import IntegrityError, Unavailable
 from shared.keys import Key
 from shared.nodes.base import Writable
@@ -86,20 +86,37 @@ def leftover(node: FaultyNode, key: Key, data: bytes) -> Path:
 # -- the cluster remote's get ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", [rot, leftover])
+def get_again(cluster: Cluster, key: Key, dest: Path) -> None:
+    """What git-annex does when a get's attempt fails after progress: it asks again.
+    The first attempt put the right content in place; the second checks it and reads
+    no node."""
+    with pytest.raises(GetAgain, match="read first was wrong"):
+        cluster.retrieve(key, str(dest))
+    reads = cluster_reads(cluster)
+    assert cluster.retrieve(key, str(dest)) == ""
+    assert cluster_reads(cluster) == reads
+
+
+def cluster_reads(cluster: Cluster) -> int:
+    return sum(len(n.ops("retrieve")) for n in cluster.nodes if isinstance(n, FaultyNode))
+
+
 def test_get_fails_over_from_a_bad_copy_and_notes_it(
-    make_cluster: MakeCluster, tmp_path: Path, damage: Callable[..., Path]
+    make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
+    """A copy that proves wrong after git-annex saw its bytes: the attempt fails with
+    the right content in place, and git-annex's retry takes it."""
     told: list[tuple[str, str]] = []
     cluster, nodes = make_cluster(3, copies=2)
     cluster.on_bad = lambda key, node, why: told.append((node, why))
     data = content(2 * BLOCK + 3)
     key = make_key(data)
-    bad = damage(nodes["n0"], key, data)
+    bad = rot(nodes["n0"], key, data)
     put(nodes["n1"], key, data)
     dest = tmp_path / "out"
-    assert cluster.retrieve(key, str(dest)) == "n1"
+    get_again(cluster, key, dest)
     assert dest.read_bytes() == data
+    assert not dest.with_name("out.cluster-part").exists()
     assert [n for n, _ in told] == ["n0"]
     assert cluster.bad.of(key) == {"n0"}
     assert bad.exists()  # a read removes nothing
@@ -107,6 +124,23 @@ def test_get_fails_over_from_a_bad_copy_and_notes_it(
     dest.unlink()
     assert cluster.retrieve(key, str(dest)) == "n1"
     assert len(nodes["n0"].ops("retrieve")) == 1
+
+
+def test_a_wrong_size_copy_fails_over_before_a_byte_is_written(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """A node tells a wrong-size copy before sending it: the next node writes
+    git-annex's file and the first attempt succeeds."""
+    cluster, nodes = make_cluster(3, copies=2)
+    data = content(2 * BLOCK + 3)
+    key = make_key(data)
+    bad = leftover(nodes["n0"], key, data)
+    put(nodes["n1"], key, data)
+    dest = tmp_path / "out"
+    assert cluster.retrieve(key, str(dest)) == "n1"
+    assert dest.read_bytes() == data
+    assert cluster.bad.of(key) == {"n0"}
+    assert bad.exists()
 
 
 def test_a_resumed_get_hashes_what_it_kept(make_cluster: MakeCluster, tmp_path: Path) -> None:
@@ -119,7 +153,7 @@ def test_a_resumed_get_hashes_what_it_kept(make_cluster: MakeCluster, tmp_path: 
     put(nodes["n1"], key, data)
     dest = tmp_path / "out"
     dest.write_bytes(b"\0" * 1000)  # wrong, from who knows where
-    assert cluster.retrieve(key, str(dest)) == "n0"
+    get_again(cluster, key, dest)
     assert dest.read_bytes() == data
     assert [c.offset for c in nodes["n0"].ops("retrieve")] == [1000, 0]
     assert cluster.bad.of(key) == set()  # n0's copy is good: nothing noted
@@ -233,7 +267,7 @@ def test_bad_copies_outlive_the_process(make_cluster: MakeCluster, tmp_path: Pat
     key = make_key(data)
     rot(nodes["n0"], key, data)
     put(nodes["n1"], key, data)
-    cluster.retrieve(key, str(tmp_path / "out"))
+    get_again(cluster, key, tmp_path / "out")
     assert BadCopies(journal).of(key) == {"n0"}
     # A store replaces the bad copy (a size-preserving rot looks "present") and clears it.
     src = tmp_path / "src"
@@ -282,8 +316,8 @@ def test_a_bad_copy_does_not_count_as_present(make_cluster: MakeCluster) -> None
 
 
 class _Watching(FaultyNode):
-    """Records what git-annex's file holds while the node writes (git-annex hashes
-    that file as it grows, so it must never see a byte that is taken back)."""
+    """Records what git-annex's file holds when the node is done writing (git-annex
+    hashes that file as it grows, and a proxying git-annex streams it)."""
 
     def __init__(self, inner: FileNode, dest: Path) -> None:
         super().__init__(inner)
@@ -294,7 +328,10 @@ class _Watching(FaultyNode):
         self.seen.append(self.dest.read_bytes() if self.dest.exists() else b"")
 
 
-def test_git_annex_never_sees_the_bytes_of_a_bad_copy(tmp_path: Path) -> None:
+def test_git_annex_never_takes_the_bytes_of_a_bad_copy(tmp_path: Path) -> None:
+    """Once git-annex's file held a bad copy's bytes, it is not written again: the
+    next node writes beside it, the right content replaces it whole, and the attempt
+    fails, so that nothing git-annex hashed as it grew is taken as verified."""
     dest = tmp_path / "annex-tmp" / "KEY"
     dest.parent.mkdir()
     nodes = []
@@ -305,12 +342,15 @@ def test_git_annex_never_sees_the_bytes_of_a_bad_copy(tmp_path: Path) -> None:
     cluster = Cluster(nodes, copies=2)
     data = content(70_000)
     key = make_key(data)
-    rot(nodes[0], key, data)
+    rotten = rot(nodes[0], key, data).read_bytes()
     put(nodes[1], key, data)
-    assert cluster.retrieve(key, str(dest)) == "w1"
-    assert nodes[0].seen == [b""] and nodes[1].seen == [b""]
+    with pytest.raises(GetAgain):
+        cluster.retrieve(key, str(dest))
+    assert nodes[0].seen == [rotten] and nodes[1].seen == [rotten]
     assert dest.read_bytes() == data
     assert not dest.with_name("KEY.cluster-part").exists()
+    assert cluster.retrieve(key, str(dest)) == ""
+    assert len(nodes[0].seen) == len(nodes[1].seen) == 1
     cluster.close()
 
 

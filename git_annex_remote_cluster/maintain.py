@@ -17,7 +17,7 @@ from shared import locationlog, maintaincli
 from shared.badcopies import BadCopies, bad_copies_path
 from shared.errors import ConfigError
 from shared.keys import Key
-from shared.maintaincli import Logged
+from shared.maintaincli import Logged, Sized
 from shared.nodes import Node, open_node
 from shared.nodes.base import KnownKeys
 from shared.nodeurl import parse_size
@@ -32,6 +32,15 @@ def add_parsers(sub: Any) -> None:
 
 def run(args: Any) -> int:
     config = ClusterConfig.load(args.remote)
+    command = args.command
+    if command == "rebalance" and args.apply and not args.dry_run:
+        config.refuse_pending(
+            f"rebalance {config.name}",
+            "the moves would follow the old one, not the one other clones use",
+        )
+    elif maintaincli.writes(command, args):
+        config.refuse_pending(f"{command} {config.name}")
+    config.say_pending()
     with open_subject(config) as subject:
         return maintaincli.run(args.command, args, subject)
 
@@ -48,19 +57,28 @@ def open_subject(config: ClusterConfig) -> Iterator[maintaincli.Subject]:
     specs = config.open_specs()
     if not specs:
         raise ConfigError(f"remote {config.name} has no nodes")
-    sent = _as_sent(config.config)
+    stored = _as_stored(config.config)
     known: KnownKeys | None = None
     logged: Logged | None = None
-    if sent is not None:
-        as_sent = sent
+    sized: Sized | None = None
+    if stored is not None:
+        as_stored = stored
 
         def known() -> Iterator[Key]:
             for key in locationlog.known_keys():
-                yield from as_sent(key)
+                yield from (name for name, _ in as_stored(key))
 
         def logged() -> Iterator[tuple[Key, list[Key]]]:
             for key in locationlog.keys_in(config.uuid):
-                yield key, as_sent(key)
+                yield key, [name for name, _ in as_stored(key)]
+
+        if config.config.get("encryption") == "shared":  # HMAC names hide the sizes
+
+            def sized() -> Iterator[tuple[Key, int]]:
+                for key in locationlog.known_keys():
+                    for name, size in as_stored(key):
+                        if size is not None:
+                            yield name, size
 
     nodes: dict[str, Node] = {}
     try:
@@ -75,6 +93,7 @@ def open_subject(config: ClusterConfig) -> Iterator[maintaincli.Subject]:
             command=COMMAND,
             known=known,
             logged=logged,
+            sized=sized,
             mincopies=int(config.config.get("mincopies") or copies),
             bad=BadCopies(bad_copies_path(locationlog.git_dir(Path.cwd()), config.uuid)),
             owner=config.uuid,
@@ -85,11 +104,11 @@ def open_subject(config: ClusterConfig) -> Iterator[maintaincli.Subject]:
             node.close()
 
 
-def _as_sent(config: dict[str, str]) -> Callable[[Key], list[Key]] | None:
-    """How git-annex hands a key to this remote: as its chunk keys when the remote
-    itself chunks (``chunk=``), under HMAC names when it encrypts with
-    ``encryption=shared``. None when that cannot be known (a cipher encrypted to gpg
-    keys, git-annex's old ``chunksize=``)."""
+def _as_stored(config: dict[str, str]) -> Callable[[Key], list[tuple[Key, int | None]]] | None:
+    """How git-annex hands a key to this remote, each with its content's size: as its
+    chunk keys when the remote itself chunks (``chunk=``), under HMAC names when it
+    encrypts with ``encryption=shared``. None when that cannot be known (a cipher
+    encrypted to gpg keys, git-annex's old ``chunksize=``)."""
     encryption = config.get("encryption", "none")
     if encryption not in ("none", "shared") or "chunksize" in config:
         return None
@@ -101,13 +120,13 @@ def _as_sent(config: dict[str, str]) -> Callable[[Key], list[Key]] | None:
         name = lambda k: Key.parse(cipher.encrypt_key(str(k)))  # noqa: E731
     chunk = parse_size(config["chunk"]) if config.get("chunk", "0") != "0" else 0
 
-    def sent(key: Key) -> list[Key]:
+    def stored(key: Key) -> list[tuple[Key, int | None]]:
         if not chunk or key.size is None:
-            return [name(key)]
+            return [(name(key), key.size)]
         count = max(1, -(-key.size // chunk))
-        return [
-            name(Key(key.backend, key.name, key.size, key.mtime, chunk, n))
-            for n in range(1, count + 1)
-        ]
+        chunks = (
+            Key(key.backend, key.name, key.size, key.mtime, chunk, n) for n in range(1, count + 1)
+        )
+        return [(name(c), c.content_size) for c in chunks]
 
-    return sent
+    return stored

@@ -9,41 +9,96 @@ picks the change up on its next ``git annex sync``.
 
 from __future__ import annotations
 
-import json
+import re
 import subprocess
-import time
-from concurrent.futures import ThreadPoolExecutor
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared import status
 from shared.cluster_remote import with_recorded
-from shared.errors import ClusterError, ConfigError
-from shared.nodecli import check_empty, check_owners, edit, human_size, report, table, takes_over
-from shared.nodeedit import describe
-from shared.nodes import open_node
+from shared.errors import ConfigError
+from shared.nodecli import check_empty, check_owners, edit, report, takes_over
 from shared.nodes.owner import Ownership
 from shared.nodeurl import NodeSpec, format_node_list, parse_node_list
-from shared.remotelog import annex_remote_config, describe_uuid
+from shared.remotelog import UsedConfig, describe_uuid, used_remote_config
+
+PROG = "git-annex-remote-cluster"
 
 
 @dataclass
 class ClusterConfig:
-    """A cluster remote as the git-annex branch records it."""
+    """A cluster remote as git-annex uses it in this clone: the configuration the
+    clone accepted (``git annex verifyremote``), which need not be the newest in the
+    git-annex branch (``used`` says)."""
 
     name: str
     uuid: str
     config: dict[str, str]
+    used: UsedConfig | None = None
 
     @classmethod
     def load(cls, name: str, cwd: Path | None = None) -> ClusterConfig:
-        uuid, config = annex_remote_config(name, cwd)
+        used = used_remote_config(name, cwd)
+        config = used.config
         if config.get("type") != "external" or config.get("externaltype") != "cluster":
             raise ConfigError(
                 f"remote {name} is not a cluster remote (type={config.get('type')}, "
                 f"externaltype={config.get('externaltype', '-')})"
             )
-        return cls(name, uuid, config)
+        return cls(name, used.uuid, config, used)
+
+    # -- a configuration this clone has not accepted --------------------------------
+
+    def pending_note(self) -> str | None:
+        """One line for a clone whose accepted configuration is not the newest, or that
+        accepted none; None when git-annex uses the newest."""
+        used = self.used
+        if used is None or not used.pending:
+            return None
+        how = (
+            f"check it with git annex verifyremote {self.name}, and accept it with the "
+            "--safe ID that command shows"
+        )
+        if used.newer is not None:
+            return (
+                f"{self.name}: this clone uses the configuration it accepted; a newer one "
+                f"({describe_change(used.config, used.newer)}) is not accepted here yet: {how}"
+            )
+        return (
+            f"{self.name}: this clone has not accepted the remote's configuration, so "
+            f"git-annex sends nothing to it (shown: the newest): {how}"
+        )
+
+    def say_pending(self) -> None:
+        """The note on stderr (stdout may be a --json document)."""
+        note = self.pending_note()
+        if note is not None:
+            print(f"{PROG}: {note}", file=sys.stderr)
+
+    def refuse_pending(self, doing: str, consequence: str | None = None) -> None:
+        """Refuse ``doing`` while the clone has a configuration to accept: what writes
+        the node list, or moves content by it, must not act on an old one (saying
+        ``consequence``). Without ``consequence``, refuse only while the clone accepted
+        none: git-annex itself sends nothing to such a remote."""
+        used = self.used
+        if used is None or not used.pending or (consequence is None and used.accepted):
+            return
+        then = (
+            f"check it with git annex verifyremote {self.name}, accept it with the --safe ID "
+            "that command shows, then run this again"
+        )
+        if used.newer is not None:
+            raise ConfigError(
+                f"cannot {doing}: this clone has not accepted the newer configuration of "
+                f"{self.name} ({describe_change(used.config, used.newer)}), and {consequence}; "
+                f"{then}"
+            )
+        raise ConfigError(
+            f"cannot {doing}: this clone has not accepted the configuration of {self.name} "
+            f"yet (git-annex sends nothing to it until then); {then}"
+        )
 
     @property
     def specs(self) -> list[NodeSpec]:
@@ -80,21 +135,65 @@ class ClusterConfig:
             stdin=subprocess.DEVNULL,
         )
         if proc.returncode != 0:
-            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            # The remote's reason ("git-annex: ..." on stderr) before the bare "failed"
-            # that git-annex prints on stdout.
-            why = next(
-                (ln for ln in reversed(lines) if "git-annex: " in ln),
-                next(
-                    (ln for ln in reversed(lines) if "failed" in ln),
-                    lines[-1] if lines else "no output",
-                ),
-            )
+            why = refusal_reason(proc.stderr, proc.stdout, proc.returncode)
             raise ConfigError(f"git annex enableremote {self.name} refused the change: {why}")
+
+
+# What git-annex prints around a failure, which says nothing of its reason: the
+# command's own line, its verdict, and the summary ("enableremote: 1 failed").
+_NOISE = re.compile(
+    r"(enableremote\b.*|failed|ok|\(recording state in git\.\.\.\)|\w+: \d+ failed)"
+)
+
+
+def refusal_reason(stderr: str, stdout: str, code: int) -> str:
+    """git-annex's reason for a failed command, on one line: its messages on stderr
+    (``git-annex: REASON``, the remote's or its own, such as ``Unexpected
+    parameters``), else what it said between the command's line and ``failed``."""
+    for text in (stderr, stdout):
+        lines = [ln.strip() for ln in text.splitlines()]
+        reasons = [
+            ln.removeprefix("git-annex: ") for ln in lines if ln and not _NOISE.fullmatch(ln)
+        ]
+        if reasons:
+            return "; ".join(dict.fromkeys(reasons))
+    return f"git-annex gave no reason (exit status {code})"
+
+
+def describe_change(old: dict[str, str], new: dict[str, str]) -> str:
+    """What a newer configuration changes, in a few words: ``node n4 added, copies 2 -> 3``."""
+    try:
+        before = {s.name: s for s in parse_node_list(old.get("nodes", ""))}
+        after = {s.name: s for s in parse_node_list(new.get("nodes", ""))}
+    except ConfigError:
+        before = after = {}
+    parts = []
+    for what, names in (
+        ("added", [n for n in after if n not in before]),
+        ("removed", [n for n in before if n not in after]),
+        ("changed", [n for n in after if n in before and after[n] != before[n]]),
+    ):
+        if names:
+            parts.append(f"node{'s' if len(names) > 1 else ''} {', '.join(names)} {what}")
+    quiet = {"nodes", "nodeuuids", "nodeciphers", "cipher", "cipherkeys", "pubkeys", "timestamp"}
+    for k in sorted((set(old) | set(new)) - quiet):
+        if old.get(k) != new.get(k):
+            parts.append(f"{k} {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}")
+    return ", ".join(parts) or "recorded node details changed"
+
+
+_EDITS = ("add", "set", "remove", "import")
 
 
 def cmd_nodes(args: Any) -> int:
     config = ClusterConfig.load(args.remote)
+    if args.action in _EDITS:
+        config.refuse_pending(
+            f"change the node list of {config.name}",
+            "the change would be made to the old one, undoing the newer",
+        )
+    else:
+        config.say_pending()
 
     def empty(name: str) -> None:
         spec = next(s for s in config.open_specs() if s.name == name)
@@ -115,106 +214,23 @@ def cmd_nodes(args: Any) -> int:
 # -- status ---------------------------------------------------------------------
 
 
-def probe(spec: NodeSpec, client_uuid: str | None) -> dict[str, Any]:
-    """One node's health: reachable (with the error), latency, free space."""
-    out: dict[str, Any] = describe(spec)
-    out.update(reachable=False, error=None, latency_ms=None, free=None, total=None, owner=None)
-    try:
-        node = open_node(spec, client_uuid)
-    except ClusterError as e:
-        out["error"] = str(e)
-        return out
-    try:
-        start = time.monotonic()
-        node.check()
-        out["latency_ms"] = round((time.monotonic() - start) * 1000, 1)
-        out["reachable"] = True
-        usage = node.usage()
-        if usage is not None:
-            out["free"], out["total"] = usage.free, usage.total
-        if node.records_owner:
-            out["owner"] = owner = node.owner()
-            if owner is not None and owner != client_uuid:
-                out["error"] = (
-                    f"belongs to {describe_uuid(owner)}, not to this remote: nothing is "
-                    "written to or removed from it"
-                )
-    except ClusterError as e:
-        out["error"] = str(e).removeprefix(f"node {spec.name}: ")
-    finally:
-        node.close()
-    return out
-
-
 def cmd_status(args: Any) -> int:
+    """Each node's health and the keys' (``shared.status``); 1 unless all is well."""
     config = ClusterConfig.load(args.remote)
+    config.say_pending()
     specs = config.open_specs()
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(specs)))) as pool:
-        results = list(pool.map(lambda s: probe(s, config.uuid), specs))
-    reachable = sum(r["reachable"] for r in results)
-    free = sum(r["free"] or 0 for r in results)
-    summary = {
-        "remote": config.name,
-        "nodes": len(results),
-        "reachable": reachable,
-        "taking_new_data": sum(
-            1 for r in results if r["reachable"] and r["state"] == "active" and r["weight"] > 0
-        ),
-        "free": free,
-        "copies": int(config.config.get("copies") or len(results)),
-    }
+    shown = status.Shown(
+        kind="remote",
+        name=config.name,
+        specs=specs,
+        uuid=config.uuid,
+        copies=int(config.config.get("copies") or len(specs)),
+        command="git-annex-remote-cluster",
+        describe=describe_uuid,
+    )
     from git_annex_remote_cluster.maintain import key_health  # (it builds on this module)
 
-    health = key_health(config)
-    summary.update(
-        keys=health["keys"],
-        short_of_copies=health["short_of_copies"],
-        short_of_mincopies=health["short_of_mincopies"],
-        bad_copies_noted=len(health["bad_copies_noted"]),
-    )
+    ok, data = status.report(shown, lambda: key_health(config), args.json)
     if args.json:
-        print(json.dumps({"summary": summary, "nodes": results, "keys": health}, indent=2))
-    else:
-        rows = [("NAME", "REACHABLE", "LATENCY", "FREE", "MAXSIZE", "STATE", "ZONE", "WEIGHT")]
-        for r in results:
-            rows.append(
-                (
-                    r["name"],
-                    "yes" if r["reachable"] else "NO",
-                    f"{r['latency_ms']:.0f} ms" if r["latency_ms"] is not None else "-",
-                    human_size(r["free"]),
-                    human_size(r["maxsize"]),
-                    r["state"],
-                    r["zone"] or "-",
-                    f"{r['weight']:g}",
-                )
-            )
-        table(rows)
-        for r in results:
-            if r["error"]:
-                print(f"{r['name']}: {r['error']}")
-        print(
-            f"{config.name}: {reachable} of {len(results)} node(s) reachable, "
-            f"{summary['taking_new_data']} taking new data, copies={summary['copies']}, "
-            f"{human_size(free)} free where known"
-        )
-        _print_health(config.name, summary, health)
-    healthy = not (health["short_of_copies"] or health["bad_copies_noted"] or health["unlisted"])
-    return 0 if reachable == len(results) and healthy else 1
-
-
-def _print_health(name: str, summary: dict[str, Any], health: dict[str, Any]) -> None:
-    listed = " (on the nodes that could be listed)" if health["unlisted"] else ""
-    print(
-        f"{name}: {health['keys']} key(s){listed}; {health['short_of_copies']} short of "
-        f"copies={summary['copies']}, {health['short_of_mincopies']} of them below mincopies"
-    )
-    if health["short_of_copies"]:
-        print(f"  run git-annex-remote-cluster repair {name} to give them their copies")
-    for entry in health["bad_copies_noted"][:20]:
-        print(f"  bad copy of {entry['key']} on node {entry['node']}: {entry['why']}")
-    if health["bad_copies_noted"]:
-        print(
-            f"  {len(health['bad_copies_noted'])} bad copy(ies) found by reads; "
-            f"run git-annex-remote-cluster fsck {name} --repair to replace them"
-        )
+        status.print_json(data)
+    return 0 if ok else 1

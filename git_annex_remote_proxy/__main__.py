@@ -4,7 +4,9 @@ gateway server (``serve``), and the gateway's configuration (``gateway``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -12,9 +14,11 @@ from typing import TYPE_CHECKING
 
 from git_annex_remote_proxy import __version__
 from shared import maintaincli, nodecli
-from shared.errors import ClusterError
+from shared.errors import ClusterError, ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from git_annex_remote_proxy.config import GatewayConfig, Target
 
 
@@ -47,16 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--readonly", action="store_true", help="refuse uploads and removals")
     mode.add_argument("--appendonly", action="store_true", help="refuse removals")
     serve.add_argument(
-        "--allow", nargs="+", default=[], metavar="TARGET", help="serve only these targets"
+        "--allow",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="serve only this target (repeat for more: --allow a --allow b)",
     )
     serve.add_argument(
         "request",
         nargs=argparse.REMAINDER,
-        help="TARGET, or git-annex-shell's p2pstdio/configlist arguments",
+        help="TARGET, or git-annex-shell's p2pstdio/configlist arguments; none as an ssh "
+        "forced command (the client's command is read from SSH_ORIGINAL_COMMAND)",
     )
 
     gw = sub.add_parser("gateway", help="manage the gateway's targets")
-    gw.add_argument("--config", type=Path, help="gateway configuration (TOML)")
     gsub = gw.add_subparsers(dest="action", required=True)
     add = gsub.add_parser("add", help="add a target, or change an existing one's nodes")
     add.add_argument("target")
@@ -72,8 +80,36 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("target")
     nodes = gsub.add_parser("nodes", help="register, change, list and retire a target's nodes")
     nodecli.add_parsers(nodes.add_subparsers(dest="nodes_action", required=True), "target")
+    status = gsub.add_parser(
+        "status",
+        help="each node reachable or not, keys short of copies, bad copies noted "
+        "(exit status 1 unless all is well)",
+    )
+    status.add_argument("target", nargs="?", help="the target (default: every target)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     maintaincli.add_parsers(gsub, "target")
+    _config_everywhere(gw)
     return p
+
+
+def _config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` on ``parser`` and on every command below it, so that it may
+    come before or after the subcommand (``gateway --config F add ...``, ``gateway add
+    ... --config F``, ``gateway nodes list T --config F``). Defaults are suppressed at
+    every level, so a subcommand's parser never overwrites what an outer one read
+    (``_config_of`` reads the result)."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="the gateway configuration (TOML; default: $GIT_ANNEX_REMOTE_PROXY_CONFIG, "
+        "else ~/.config/git-annex-remote-proxy/gateway.toml)",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _config_everywhere(sub)
 
 
 def _gateway_nodes(args: argparse.Namespace) -> int:
@@ -93,11 +129,45 @@ def _gateway_nodes(args: argparse.Namespace) -> int:
     if result is None:
         return 0
     new, what = result
-    config.add(target.name, [s.to_entry() for s in new], target.copies, target.mincopies)
-    _claim(config, config.target(target.name), nodecli.takes_over(args))
+    changed = config.add(target.name, [s.to_entry() for s in new], target.copies, target.mincopies)
+    _check_usable(config, changed, target)
+    _claim(config, changed, nodecli.takes_over(args))
     config.save()
     nodecli.report(args, f"target {target.name}", f"{what} in {config.path}", new)
     return 0
+
+
+def _check_usable(config: GatewayConfig, target: Target, before: Target | None) -> None:
+    """Refuse, in one line, nodes the target could not use: each node that is new, or
+    whose storage changed (its URL or parameters), is opened as ``serve`` opens it and
+    asked whether it can be used now, as the cluster remote's initremote/enableremote
+    asks each node before its list is written. A node only re-weighted, drained or
+    marked readonly is not asked (it may be down: that may be why it is drained)."""
+    from shared.nodes import open_node
+
+    old = {s.name: (s.url, s.params) for s in before.node_list()} if before else {}
+    fresh = {s.name for s in target.node_list() if old.get(s.name) != (s.url, s.params)}
+    problems = []
+    for spec in target.specs():
+        if spec.name not in fresh:
+            continue
+        try:
+            node = open_node(spec, target.uuid, trusted_source=False)
+            try:
+                node.check()
+            finally:
+                node.close()
+        except ClusterError as e:
+            why = " ".join(str(e).split()).removeprefix(f"node {spec.name}: ")
+            problems.append(f"node {spec.name} ({spec.url}): {why}")
+    if problems:
+        what = "; ".join(problems)
+        end = " " if what.endswith(("?", ".")) else ". "
+        raise ConfigError(
+            f"target {target.name} not {'changed' if before else 'added'}: {what}{end}"
+            f"Nothing was written to {config.path}: correct the node's URL, or make the "
+            "node reachable from this host, and run the command again"
+        )
 
 
 def _claim(config: GatewayConfig, target: Target, take_over: bool) -> None:
@@ -113,16 +183,17 @@ def _claim(config: GatewayConfig, target: Target, take_over: bool) -> None:
     )
 
 
-def _gateway_maintain(args: argparse.Namespace) -> int:
-    """rebalance, repair and fsck of a target: the gateway has no git-annex repository,
-    so encrypted nodes cannot be listed there (their names are HMACs of keys)."""
-    from git_annex_remote_proxy.config import GatewayConfig
+@contextlib.contextmanager
+def _subject(
+    config: GatewayConfig, target: Target, args: argparse.Namespace
+) -> Iterator[maintaincli.Subject]:
+    """A target's nodes, opened as ``serve`` opens them, for the operators' commands:
+    the gateway has no git-annex repository, so encrypted nodes cannot be listed there
+    (their names are HMACs of keys)."""
     from git_annex_remote_proxy.gateway import bad_copies_path
     from shared.badcopies import BadCopies
     from shared.nodes import Node, open_node
 
-    config = GatewayConfig.load(args.config)
-    target = config.target(args.target)
     specs = target.specs()
     nodes: dict[str, Node] = {}
     try:
@@ -131,7 +202,7 @@ def _gateway_maintain(args: argparse.Namespace) -> int:
             nodes[spec.name] = open_node(
                 spec, target.uuid, trusted_source=False, ownership=ownership
             )
-        subject = maintaincli.Subject(
+        yield maintaincli.Subject(
             name=target.name,
             specs=specs,
             nodes=nodes,
@@ -142,22 +213,75 @@ def _gateway_maintain(args: argparse.Namespace) -> int:
             owner=target.uuid,
             describe=config.describe,
         )
-        return maintaincli.run(args.action, args, subject)
     finally:
         for node in nodes.values():
             node.close()
 
 
+def _gateway_maintain(args: argparse.Namespace) -> int:
+    """rebalance, repair and fsck of a target (``shared.maintaincli``)."""
+    from git_annex_remote_proxy.config import GatewayConfig
+
+    config = GatewayConfig.load(args.config)
+    with _subject(config, config.target(args.target), args) as subject:
+        return maintaincli.run(args.action, args, subject)
+
+
+def _gateway_status(args: argparse.Namespace) -> int:
+    """``status`` of one target, or of every target: as ``git-annex-remote-cluster
+    status`` reports a cluster remote (``shared.status``); 1 unless all is well."""
+    from git_annex_remote_proxy.config import GatewayConfig
+    from shared import status
+
+    config = GatewayConfig.load(args.config)
+    if args.target:
+        targets = [config.target(args.target)]
+    else:
+        targets = sorted(config.targets.values(), key=lambda t: t.name)
+    if not targets:
+        raise ConfigError(
+            f"no targets in {config.path}: add one with '{PROG} gateway add TARGET NAME=URL ...'"
+        )
+    healthy, reports = True, []
+    for i, target in enumerate(targets):
+        if i and not args.json:
+            print()
+        with _subject(config, target, args) as subject:
+            shown = status.Shown(
+                kind="target",
+                name=target.name,
+                specs=subject.specs,
+                uuid=target.uuid,
+                copies=subject.copies,
+                command=subject.command,
+                describe=config.describe,
+            )
+            ok, data = status.report(shown, lambda: maintaincli.key_health(subject), args.json)
+        healthy = healthy and ok
+        reports.append(data)
+    if args.json:
+        status.print_json(
+            reports[0] if args.target else {"config": str(config.path), "targets": reports}
+        )
+    return 0 if healthy else 1
+
+
 def _gateway(args: argparse.Namespace) -> int:
     from git_annex_remote_proxy.config import GatewayConfig
 
+    if not hasattr(args, "config"):  # (see _config_everywhere)
+        args.config = None
     if args.action == "nodes":
         return _gateway_nodes(args)
     if args.action in ("rebalance", "repair", "fsck"):
         return _gateway_maintain(args)
+    if args.action == "status":
+        return _gateway_status(args)
     if args.action == "add":
         config = GatewayConfig.load(args.config, missing_ok=True)
+        before = config.targets.get(args.target)
         target = config.add(args.target, args.nodes, args.copies, args.mincopies)
+        _check_usable(config, target, before)
         _claim(config, target, args.force)
         config.save()
         print(f"target {target.name} ({target.uuid}) in {config.path}")
@@ -198,9 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     try:
         if args.command == "serve":
-            from git_annex_remote_proxy.gateway import serve
+            from git_annex_remote_proxy import request
 
-            return serve(args.request, args.config, args.readonly, args.appendonly, args.allow)
+            asked = request.of(args.request, os.environ)  # refusals end here, quickly
+            from git_annex_remote_proxy.access import serve
+
+            return serve(asked, args.config, args.readonly, args.appendonly, args.allow)
         return _gateway(args)
     except (ClusterError, OSError) as e:
         if args.debug:

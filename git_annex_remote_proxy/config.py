@@ -109,8 +109,9 @@ class GatewayConfig:
             if missing_ok:
                 return cls(path)
             raise ConfigError(
-                f"no gateway configuration at {path}: create it with "
-                "'git-annex-remote-proxy gateway add', or give --config"
+                f"no gateway configuration at {path}: create it with 'git-annex-remote-proxy "
+                "gateway add TARGET NAME=URL ...', or name another file with --config FILE "
+                "(for serve: in the proxy remote's gatewaycommand=, or in the forced command)"
             ) from None
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read the gateway configuration {path}: {e}") from None

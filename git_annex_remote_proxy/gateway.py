@@ -8,7 +8,11 @@ Three ways in, one server:
   the argument forms of git-annex-shell, so that a stock git-annex whose remote
   has ``remote.NAME.annex-shell`` set to our command uses the gateway as an
   ordinary ssh remote (DIR's last component names the target);
-- as an ssh forced command, the same forms read from ``SSH_ORIGINAL_COMMAND``.
+- as an ssh forced command, what the client sent (``SSH_ORIGINAL_COMMAND``): any of
+  those forms, git-annex-shell's as git-annex sends them, and git's
+  ``git-upload-pack``/``git-receive-pack`` for the target's git repository, so one
+  key serves a stock client's git and annex (``request`` parses them all, ``access``
+  applies the key's restrictions and answers configlist and git itself).
 
 Uploads stream through: each is hashed while it passes and the nodes commit it
 only if the hash matches the key, so content with a wrong hash never becomes
@@ -21,25 +25,23 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import posixpath
 import queue
-import shlex
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from git_annex_remote_proxy import locks
 from git_annex_remote_proxy.config import GatewayConfig, Target
 from shared.badcopies import BadCopies
 from shared.cluster import Cluster, PresenceUnknown, RemoveFailed, StoreOutcome
-from shared.errors import ClusterError, ConfigError, IntegrityError
+from shared.errors import ClusterError, IntegrityError
 from shared.keys import ContentVerifier, Key
 from shared.nodes import open_node
 from shared.nodes.annex import AnnexNode
 from shared.nodes.base import UNKNOWN_SIZE, Node, Readable
 from shared.nodes.retry import RetryingNode
-from shared.p2p.io import Mode, Server
+from shared.p2p.io import Server
 from shared.verify import VerifiedReader
 
 BLOCK = 1024 * 1024
@@ -350,88 +352,8 @@ class _Stdio:
             os.close(self.out)
 
 
-def _target_of_dir(config: GatewayConfig, directory: str) -> Target:
-    name = posixpath.basename(directory.rstrip("/")).removesuffix(".git")
-    return config.target(name)
-
-
 def _log(message: str) -> None:
     print(f"git-annex-remote-proxy: {message}", file=sys.stderr, flush=True)
-
-
-def _mode(readonly: bool, appendonly: bool) -> str:
-    if readonly or os.environ.get("GIT_ANNEX_SHELL_READONLY"):
-        return Mode.READONLY
-    if appendonly or os.environ.get("GIT_ANNEX_SHELL_APPENDONLY"):
-        return Mode.APPENDONLY
-    return Mode.READWRITE
-
-
-def request_of(args: Sequence[str]) -> list[str]:
-    """What to serve: the arguments, or (as a forced command) SSH_ORIGINAL_COMMAND's."""
-    args = list(args)[1:] if args and args[0] == "--" else list(args)
-    if args:
-        return args
-    original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
-    try:
-        words = shlex.split(original)
-    except ValueError as e:
-        raise ConfigError(f"cannot parse the ssh command {original!r}: {e}") from None
-    # "git-annex-remote-proxy serve [opts] TARGET", or "git-annex-shell CMD DIR ...".
-    for i, word in enumerate(words):
-        if word == "serve":
-            if target := [w for w in words[i + 1 :] if not w.startswith("--")][:1]:
-                return target
-            break
-        if word in ("p2pstdio", "configlist"):
-            return words[i:]
-    raise ConfigError(
-        "nothing to serve: give a target (git-annex-remote-proxy serve TARGET), or use "
-        "this command as git-annex-shell"
-    )
-
-
-def serve(
-    args: Sequence[str],
-    config_path: Path | None,
-    readonly: bool = False,
-    appendonly: bool = False,
-    allow: Sequence[str] = (),
-) -> int:
-    config = GatewayConfig.load(config_path)
-    request = request_of(args)
-    client_uuid: str | None = None
-    if request[0] == "configlist":
-        if len(request) < 2:
-            raise ConfigError("configlist needs a directory")
-        target = _target_of_dir(config, request[1])
-        _check_allowed(target, allow)
-        sys.stdout.write(f"annex.uuid={target.uuid}\ncore.gcrypt-id=\n")
-        sys.stdout.flush()
-        return 0
-    if request[0] == "p2pstdio":
-        if len(request) < 3:
-            raise ConfigError("p2pstdio needs a directory and the client's UUID")
-        target = _target_of_dir(config, request[1])
-        client_uuid = request[2]
-        if "--uuid" in request:
-            wanted = request[request.index("--uuid") + 1 : request.index("--uuid") + 2]
-            if wanted and wanted[0] != target.uuid:
-                by_uuid = config.by_uuid(wanted[0])
-                if by_uuid is None:
-                    raise ConfigError(
-                        f"expected repository UUID {wanted[0]} but found UUID {target.uuid}"
-                    )
-                target = by_uuid
-    else:
-        target = config.target(request[0])
-    _check_allowed(target, allow)
-    return _serve_target(target, client_uuid, _mode(readonly, appendonly), config.path)
-
-
-def _check_allowed(target: Target, allow: Sequence[str]) -> None:
-    if allow and target.name not in allow:
-        raise ConfigError(f"target {target.name} is not allowed for this key")
 
 
 def bad_copies_path(config_path: Path, target_uuid: str) -> Path:
@@ -455,7 +377,8 @@ def _lock_dir(config_path: Path) -> Path | None:
     return where
 
 
-def _serve_target(target: Target, client_uuid: str | None, mode: str, config_path: Path) -> int:
+def serve_target(target: Target, client_uuid: str | None, mode: str, config_path: Path) -> int:
+    """P2P on stdin/stdout for ``target`` (``access.serve`` decided which, and how)."""
     specs = target.specs()
     # Uploads are verified only at their end: never resume over chunks an earlier,
     # unverified upload left (see shared.nodes.chunked).

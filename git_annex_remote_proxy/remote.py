@@ -12,12 +12,17 @@ with that single node.
 from __future__ import annotations
 
 import re
+import shlex
 from urllib.parse import quote, urlsplit
 
+from annexremote import RemoteError
+
 from shared.annexproto import AnnexMaster
+from shared.cluster import Cluster, RemoveFailed, StoreFailed
 from shared.cluster_remote import ClusterRemote
-from shared.errors import ConfigError
+from shared.errors import ClusterError, ConfigError
 from shared.keys import Key
+from shared.nodes.annex import Wording, reword
 from shared.nodeurl import NAME_RE, NodeSpec, parse_node
 
 DEFAULT_COMMAND = "git-annex-remote-proxy serve"
@@ -33,6 +38,11 @@ CONFIGS = {
     "nodeuuids": "recorded by initremote/enableremote: the UUID the gateway answered with",
 }
 
+# How the gateway's messages read to the remote's user: what runs there, and the
+# parameter that says how to run it.
+OUR_GATEWAY = Wording("gateway", "git-annex-remote-proxy", "gatewaycommand=")
+NATIVE_GATEWAY = Wording("git-annex gateway", "git-annex", "gatewaycommand=")
+
 
 class ProxyRemote(ClusterRemote):
     notes_bad_copies = False  # the gateway notes them, among its nodes
@@ -44,6 +54,23 @@ class ProxyRemote(ClusterRemote):
     def _native(self) -> bool:
         gateway: str = self.annex.getconfig("gateway")
         return urlsplit(gateway).scheme == "annex+ssh"
+
+    def _load(self, recorded: bool = True) -> Cluster:
+        cluster = super()._load(recorded)
+        for node in cluster.nodes:
+            reword(node, NATIVE_GATEWAY if self._native() else OUR_GATEWAY)
+        return cluster
+
+    def _command(self) -> str:
+        """``gatewaycommand=``, checked to be a command line."""
+        command: str = self.annex.getconfig("gatewaycommand").strip()
+        try:
+            words = shlex.split(command)
+        except ValueError as e:
+            raise ConfigError(f"gatewaycommand={command!r}: {e}") from None
+        if command and not words:
+            raise ConfigError("gatewaycommand= must name a command, or be left out")
+        return command
 
     def node_specs(self) -> list[NodeSpec]:
         gateway = self.annex.getconfig("gateway").strip()
@@ -64,8 +91,10 @@ class ProxyRemote(ClusterRemote):
                 )
             if not NAME_RE.fullmatch(target):
                 raise ConfigError(f"target={target!r} is not a target name")
-            command = self.annex.getconfig("gatewaycommand").strip() or DEFAULT_COMMAND
-            url = f"annex+ssh://{parts.netloc}/{target}?shell={quote(command, safe='')}"
+            command = self._command() or DEFAULT_COMMAND
+            # Our gateway's target, as a cluster names one (a node of ours, not a
+            # git-annex repository: it takes chunk keys, checking their size).
+            url = f"gateway+ssh://{parts.netloc}/{target}?command={quote(command, safe='')}"
         elif parts.scheme == "annex+ssh":
             if not _UUID_RE.fullmatch(target):
                 raise ConfigError(
@@ -75,7 +104,7 @@ class ProxyRemote(ClusterRemote):
             if parts.query:
                 raise ConfigError(f"gateway={gateway!r} must not have a ?query")
             url = f"{gateway}?uuid={target}"
-            command = self.annex.getconfig("gatewaycommand").strip()
+            command = self._command()
             if command:  # git-annex-shell elsewhere than on the login PATH
                 url += f"&shell={quote(command, safe='')}"
         else:
@@ -95,9 +124,41 @@ class ProxyRemote(ClusterRemote):
     def policy(self) -> tuple[int | None, int | None]:
         return 1, 1
 
+    # A failed store or removal, said as the gateway's failure (the remote's one node),
+    # not as a cluster's count of nodes.
+
+    def transfer_store(self, key: str, local_file: str) -> None:
+        try:
+            super().transfer_store(key, local_file)
+        except RemoteError as e:
+            cause = e.__cause__
+            if isinstance(cause, StoreFailed) and cause.outcome.failed:
+                raise RemoteError("; ".join(cause.outcome.failed.values())) from cause
+            raise
+
+    def remove(self, key: str) -> None:
+        try:
+            super().remove(key)
+        except RemoteError as e:
+            cause = e.__cause__
+            if isinstance(cause, RemoveFailed) and cause.failed:
+                why = "; ".join(cause.failed.values())
+                raise RemoteError(f"could not remove {key} through the gateway: {why}") from cause
+            raise
+
     def check_chunking(self, repos: list[str]) -> None:
-        if self._native():  # a native gateway's nodes are repositories that verify keys
+        """A native gateway's nodes are repositories that check each object against
+        its key: an unencrypted chunk never matches. (Our gateway takes chunk keys.)"""
+        try:
             super().check_chunking(repos)
+        except ClusterError:
+            chunk = self.annex.getconfig("chunk").strip()
+            raise ConfigError(
+                f"chunk={chunk} cannot be used through a native git-annex gateway unless "
+                "encryption is on: its repositories refuse chunks, which do not match their "
+                "key; remove chunk=, or use encryption= with it, or reach a "
+                "git-annex-remote-proxy gateway (gateway=ssh://...), which takes chunks"
+            ) from None
 
     def prepare(self) -> None:
         super().prepare()

@@ -111,7 +111,9 @@ class Census:
 
 
 class PresenceUnknown(ClusterError):
-    pass
+    def __init__(self, message: str, unreachable: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable or []  # the nodes that could not be asked
 
 
 class RemoveFailed(ClusterError):
@@ -651,7 +653,10 @@ class Cluster:
         if have == 0:
             if census.unknown:
                 detail = "; ".join(f"node {n}: {r}" for n, r in census.unknown.items())
-                raise PresenceUnknown(f"not on the reachable nodes, and could not check {detail}")
+                raise PresenceUnknown(
+                    f"not on the reachable nodes, and could not check {detail}",
+                    list(census.unknown),
+                )
             return False
         held = ", ".join(census.holders)
         if recorded is None:

@@ -7,13 +7,15 @@ that cannot be reached is recorded as *unlisted*, never as empty: callers decide
 what that means (rebalance refuses to run, repair works around it).
 
 Memory is one small entry per distinct key: the key's text and a bit mask of its
-holders, which is what a million-key cluster needs and no more.
+holders, which is what a million-key cluster needs and no more; plus, for the keys
+whose names do not say their size (encrypted, HMAC-named keys), the size the
+repository's keys give them (``fill_sizes``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -31,6 +33,7 @@ class Inventory:
     holders: dict[str, int] = field(default_factory=dict)  # key text -> bit per node
     unlisted: dict[str, str] = field(default_factory=dict)  # node name -> why
     asked: list[str] = field(default_factory=list)  # nodes asked key by key
+    sizes: dict[str, int] = field(default_factory=dict)  # sizes names do not tell
 
     def bit(self, name: str) -> int:
         return 1 << self.names.index(name)
@@ -45,6 +48,30 @@ class Inventory:
     def count_on(self, name: str) -> int:
         bit = self.bit(name)
         return sum(1 for mask in self.holders.values() if mask & bit)
+
+    def size_of(self, key: str) -> int | None:
+        """The size of the content stored under ``key``: a chunk's own share for a chunk
+        key; for a name that hides it (HMAC), what ``fill_sizes`` found; else None."""
+        try:
+            size = Key.parse(key).content_size
+        except ClusterError:
+            size = None
+        return size if size is not None else self.sizes.get(key)
+
+    def fill_sizes(self, sized: Iterable[tuple[Key, int]]) -> None:
+        """Learn the sizes of the listed keys whose names do not tell them, from
+        ``sized``: (stored name, size) pairs, such as the repository's keys under the
+        HMAC names an encrypted remote stores them as. Only listed keys are kept."""
+        unknown = {k for k in self.holders if self.size_of(k) is None}
+        if not unknown:
+            return
+        for key, size in sized:
+            text = str(key)
+            if text in unknown:
+                self.sizes[text] = size
+                unknown.discard(text)
+                if not unknown:
+                    return
 
 
 def take_inventory(

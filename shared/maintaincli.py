@@ -89,6 +89,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 Logged = Callable[[], Iterable[tuple[Key, list[Key]]]]
+Sized = Callable[[], Iterable[tuple[Key, int]]]
 
 
 @dataclass
@@ -99,6 +100,9 @@ class Subject:
     them), None where there is no repository (a gateway: such nodes stay unlisted).
     ``logged``: the keys git-annex believes the subject holds, each with the keys it
     was stored as (chunks, HMAC names), for fsck's lost keys.
+    ``sized``: (stored name, size) for names that do not say their size (HMAC names),
+    from the repository's keys; None where there is none (sizes are then learned
+    from the nodes as keys are copied).
     ``command``: how users run the commands (``git-annex-remote-cluster``)."""
 
     name: str
@@ -108,6 +112,7 @@ class Subject:
     command: str
     known: KnownKeys | None = None
     logged: Logged | None = None
+    sized: Sized | None = None
     mincopies: int | None = None
     bad: BadCopies | None = None  # the bad copies reads found (shared.badcopies)
     claiming: bool = False  # the command writes: unowned nodes are claimed first
@@ -159,6 +164,8 @@ class Subject:
         nodes = [n for n in self.nodes.values() if n.name not in foreign]
         inv = take_inventory(nodes, self.known, listed=listed)
         inv.unlisted.update(foreign)  # never empty, never a holder, never a target
+        if self.sized is not None:
+            inv.fill_sizes(self.sized())
         if without_bad and self.bad is not None:
             for (node, key), _why in self.bad.entries().items():
                 if key in inv.holders and node in inv.names:
@@ -166,14 +173,19 @@ class Subject:
         return inv
 
 
-def run(command: str, args: Any, subject: Subject) -> int:
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs}: give at least 1")
-    subject.claiming = (
+def writes(command: str, args: Any) -> bool:
+    """Whether the command, as asked, writes to the nodes (not only reads them)."""
+    return bool(
         (command == "rebalance" and args.apply and not args.dry_run)
         or (command == "repair" and not args.dry_run)
         or (command == "fsck" and args.repair)
     )
+
+
+def run(command: str, args: Any, subject: Subject) -> int:
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: give at least 1")
+    subject.claiming = writes(command, args)
     if command == "rebalance":
         return _rebalance(args, subject)
     if command == "repair":
@@ -269,6 +281,7 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
         "keys_to_move": len(plan.moves),
         "copies_to_add": plan.copies_to_add,
         "bytes_to_copy": plan.bytes_to_copy,
+        "copies_of_unknown_size": plan.copies_of_unknown_size,
         "copies_to_remove": plan.copies_to_remove,
         "keys_short_of_copies": len(plan.short),
         "nodes": {name: asdict(t) for name, t in plan.nodes.items()},
@@ -300,9 +313,11 @@ def _print_plan(c: Subject, inv: Inventory, plan: Plan, what: str) -> None:
             )
         )
     table(rows)
+    unknown = plan.copies_of_unknown_size
+    sized = f", {unknown} of them of a size only their node can tell" if unknown else ""
     print(
         f"{what} {c.name}: {plan.keys} keys, copies={c.copies}; {len(plan.moves)} to move: "
-        f"{plan.copies_to_add} copies to add ({human_size(plan.bytes_to_copy)}), "
+        f"{plan.copies_to_add} copies to add ({human_size(plan.bytes_to_copy)}{sized}), "
         f"{plan.copies_to_remove} to remove"
     )
     for spec in c.specs:
@@ -379,11 +394,13 @@ def _fsck(args: Any, c: Subject) -> int:
     inv = c.inventory()
     keys = _sample(sorted(inv.key_texts()), args.sample, args.seed)
     pairs = [(k, n) for k in keys for n in inv.holders_of(k)]
-    total = sum((Key.parse(k).content_size or 0) for k, _ in pairs)
+    sizes = {k: inv.size_of(k) for k in keys}
+    total = sum(sizes[k] or 0 for k, _ in pairs)
     progress = Progress("fsck", len(pairs), total, unit="copies")
 
     def check(pair: tuple[str, str]) -> CheckResult:
-        result = check_copy(Key.parse(pair[0]), c.nodes[pair[1]], progress)
+        key, node = pair
+        result = check_copy(Key.parse(key), c.nodes[node], progress, counted=sizes[key] or 0)
         progress.key_done()
         return result
 

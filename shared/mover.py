@@ -118,10 +118,14 @@ class Mover:
         nodes = [self.nodes[n] for n in names if n in self.nodes]
         return sorted(nodes, key=lambda n: n.cost)
 
-    def copy(self, key: Key, sources: Sequence[str], target: str) -> str:
+    def copy(
+        self, key: Key, sources: Sequence[str], target: str, *, counted: int | None = None
+    ) -> str:
         """Copy ``key`` to ``target`` from the first source that delivers it intact;
         return that source's name. The content is checked against the key before
-        the target commits it, and the target is asked afterwards."""
+        the target commits it, and the target is asked afterwards. ``counted``: what
+        the progress total counts for this copy (the plan's size); when the source
+        tells another size (a name that does not say it), the total follows."""
         errors: dict[str, str] = {}
         noted = self.bad.of(key) if self.bad is not None else set()
         if target in noted:
@@ -131,6 +135,7 @@ class Mover:
         for source in self._sources([s for s in sources if s not in noted]):
             if self.stopping.is_set():
                 raise Stopped
+            attempt = _Attempt(self.progress)
             try:
                 size = key.content_size
                 if size is None:
@@ -139,15 +144,20 @@ class Mover:
                         raise NotFound(f"{key} is not there", source.name)
                     if size == UNKNOWN_SIZE:
                         size = self._measure(key, source)
-                self._transfer(key, size, source, self.nodes[target])
+                if self.progress is not None and counted is not None and size != counted:
+                    self.progress.add_total(size - counted)
+                    counted = size
+                self._transfer(key, size, source, self.nodes[target], attempt.add)
                 if self.nodes[target].present(key) is None:
                     raise IntegrityError(f"{key} is not there after the copy", target)
                 if self.bad is not None and target in noted:
                     self.bad.forget(key, [target])
                 return source.name
             except Stopped:
+                attempt.take_back()
                 raise
             except Exception as e:
+                attempt.take_back()  # the next source's bytes count instead
                 errors[source.name] = error_line(e)
                 self.log(f"copy {key} from {source.name} to {target} failed: {errors[source.name]}")
                 if self.bad is not None and _bad_copy_of(e, source.name):
@@ -163,7 +173,14 @@ class Mover:
         source.retrieve(key, sink)
         return sink.count
 
-    def _transfer(self, key: Key, size: int, source: Node, target: Node) -> None:
+    def _transfer(
+        self,
+        key: Key,
+        size: int,
+        source: Node,
+        target: Node,
+        counted: Callable[[int], None] | None = None,
+    ) -> None:
         pipe = _Pipe(self.stopping)
 
         def produce() -> None:
@@ -174,7 +191,6 @@ class Mover:
                 error = e
             pipe.close(error)
 
-        counted = self.progress.add_bytes if self.progress is not None else None
         reader = _SourceChecked(
             VerifiedReader(QueueReader(pipe.q), key, size, on_bytes=counted), source.name
         )
@@ -198,7 +214,7 @@ class Mover:
             if self.stopping.is_set():
                 raise Stopped
             try:
-                self.copy(key, holders + result.added, target)
+                self.copy(key, holders + result.added, target, counted=move.size or 0)
                 result.added.append(target)
             except Stopped:
                 raise
@@ -275,6 +291,29 @@ class Mover:
         return results, not self.stopping.is_set()
 
 
+class _Attempt:
+    """The bytes one copy attempt counted into the progress, so that a failed attempt
+    takes them back (a copy counts once, however many sources it took)."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        if self.progress is None:
+            return
+        with self.lock:
+            self.count += n
+        self.progress.add_bytes(n)
+
+    def take_back(self) -> None:
+        with self.lock:
+            n, self.count = self.count, 0
+        if n and self.progress is not None:
+            self.progress.add_bytes(-n)
+
+
 class _SourceChecked:
     """The verified stream from a source: a mismatch is that source's bad copy (the
     target only ever sees the error), so it is raised as BadReplica naming it."""
@@ -316,12 +355,19 @@ class CheckResult:
     hash_checked: bool = True
 
 
-def check_copy(key: Key, node: Node, progress: Progress | None = None) -> CheckResult:
-    """Read the node's copy whole and check it against the key (hash and size)."""
-    sink = VerifyingSink(key, progress.add_bytes if progress is not None else None)
+def check_copy(
+    key: Key, node: Node, progress: Progress | None = None, *, counted: int | None = None
+) -> CheckResult:
+    """Read the node's copy whole and check it against the key (hash and size).
+    ``counted``: what the progress total counts for this copy; once it is read whole,
+    the total follows what it really was (a name that does not say its size)."""
+    read = _Attempt(progress)
+    sink = VerifyingSink(key, read.add if progress is not None else None)
     text = str(key)
     try:
         node.retrieve(key, sink)
+        if progress is not None and counted is not None and read.count != counted:
+            progress.add_total(read.count - counted)
         sink.verify()
     except IntegrityError as e:
         return CheckResult(text, node.name, "corrupt", error_line(e).removeprefix(f"{text}: "))

@@ -8,6 +8,7 @@ string and are split off here, so backends only ever see their own parameters.
 from __future__ import annotations
 
 import enum
+import itertools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -187,12 +188,15 @@ def parse_node(entry: str) -> NodeSpec:
         raise ConfigError(
             f"node name {name!r} is invalid: use letters, digits, '.', '_' or '-' (max 64)"
         )
+    joined = _JOINED.search(url)
+    if joined:
+        raise ConfigError(
+            f"node {name}: {url!r} runs into the next node ({joined.group(1)}=...): separate "
+            'nodes with spaces, not commas, e.g. nodes="a=file:///srv/a b=file:///srv/b"'
+        )
     parts = urlsplit(url)
     if parts.scheme not in KNOWN_SCHEMES:
-        raise ConfigError(
-            f"node {name}: unknown URL scheme in {url!r}; expected one of "
-            + ", ".join(f"{s}://" for s in KNOWN_SCHEMES)
-        )
+        raise ConfigError(f"node {name}: {_scheme_hint(url)}")
     if parts.fragment:
         raise ConfigError(f"node {name}: URL {url!r} must not have a #fragment")
     query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)
@@ -234,9 +238,43 @@ def parse_node(entry: str) -> NodeSpec:
     )
 
 
+# A node list written with commas: "a=file:///x,b=file:///y" (a comma, then NAME=).
+_JOINED = re.compile(r",\s*([A-Za-z0-9][A-Za-z0-9._-]{0,63})=")
+# scp's "host:path" and "user@host:path", which name an ssh host, not a URL.
+_SCP_LIKE = re.compile(r"((?:[^@/:\s]+@)?([A-Za-z0-9][A-Za-z0-9.-]*)):(?!//)(.*)")
+
+
+def _scheme_hint(url: str) -> str:
+    """Why ``url`` is no node URL, and what to write instead."""
+    schemes = ", ".join(f"{s}://" for s in KNOWN_SCHEMES)
+    if url.startswith("/"):
+        return (
+            f"{url!r} is a path, not a URL: write file://{url} for a local directory "
+            f"(node URLs start with {schemes})"
+        )
+    if url.startswith("~") or url.startswith("."):
+        return f"{url!r} is a path, not a URL: write file:///ABSOLUTE/PATH for a local directory"
+    scp = _SCP_LIKE.fullmatch(url)
+    if scp and scp.group(2) not in KNOWN_SCHEMES:
+        where, path = scp.group(1), scp.group(3)
+        path = path if path.startswith("/") else f"/~/{path}"  # scp's: from the home
+        return (
+            f"{url!r} is not a URL: write sftp://{where}{path} for a directory on that ssh "
+            f"host, or annex+ssh://{where}{path} for a git-annex repository there"
+        )
+    return f"unknown URL scheme in {url!r}; expected one of {schemes}"
+
+
 def parse_node_list(text: str) -> list[NodeSpec]:
     """Parse the ``nodes`` parameter; names must be unique."""
-    specs = [parse_node(entry) for entry in text.split()]
+    entries = text.split()
+    for entry, after in itertools.pairwise(entries):
+        if entry.endswith(",") and "=" in after:  # "a=file:///x, b=file:///y"
+            raise ConfigError(
+                f"node entry {entry!r} ends with a comma: separate nodes with spaces, not "
+                'commas, e.g. nodes="a=file:///srv/a b=file:///srv/b"'
+            )
+    specs = [parse_node(entry) for entry in entries]
     if not specs:
         raise ConfigError(
             'no nodes given: set nodes="NAME=URL ...", e.g. nodes="a=file:///srv/a b=file:///srv/b"'

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shared.inventory import Inventory
-from shared.keys import Key
 from shared.nodeurl import NodeSpec, NodeState
 from shared.placement import rendezvous_order, spread_over_zones
 
@@ -26,7 +25,7 @@ from shared.placement import rendezvous_order, spread_over_zones
 @dataclass(frozen=True)
 class Move:
     key: str
-    size: int | None  # None: the key does not say (counted as 0 bytes in the plan)
+    size: int | None  # None: unknown here (learned from a node when it is copied)
     holders: tuple[str, ...]
     add: tuple[str, ...]
     remove: tuple[str, ...]
@@ -59,15 +58,14 @@ class Plan:
         return sum(len(m.add) for m in self.moves)
 
     @property
+    def copies_of_unknown_size(self) -> int:
+        """Copies to add whose size ``bytes_to_copy`` cannot count: only a node can
+        tell it (an HMAC name, on a gateway that has no repository to match it)."""
+        return sum(len(m.add) for m in self.moves if m.size is None)
+
+    @property
     def copies_to_remove(self) -> int:
         return sum(len(m.remove) for m in self.moves)
-
-
-def _key_size(text: str) -> int | None:
-    try:
-        return Key.parse(text).size
-    except Exception:
-        return None
 
 
 def make_plan(
@@ -89,7 +87,7 @@ def make_plan(
     plan = Plan(copies, nodes={s.name: NodeTotals() for s in specs})
     used = {s.name: 0 for s in specs}
     for text in inventory.key_texts():
-        size = _key_size(text) or 0
+        size = inventory.size_of(text) or 0
         for name in inventory.holders_of(text):
             if name in used:
                 used[name] += size
@@ -100,7 +98,7 @@ def make_plan(
 
     for text in inventory.key_texts():
         plan.keys += 1
-        key_size = _key_size(text)
+        key_size = inventory.size_of(text)  # a chunk's own share, not its file's
         size = key_size or 0
         holders = [n for n in inventory.holders_of(text) if n in by_name]
         held = set(holders)

@@ -2,6 +2,11 @@
 
 On a terminal the line is redrawn in place; otherwise (a log file, CI) a line is
 written every ``interval`` seconds, so logs stay readable.
+
+Bytes arrive as deltas: a copy that fails part way, and is tried again from another
+node, takes back what it had counted (a negative delta), so the bytes done never
+pass the total. A size that only a node could tell (``add_total``) joins the total
+as it is learned.
 """
 
 from __future__ import annotations
@@ -35,9 +40,15 @@ class Progress:
         self._lock = threading.Lock()
 
     def add_bytes(self, n: int) -> None:
+        """``n`` more bytes done; negative: an attempt that failed takes its bytes back."""
         with self._lock:
             self.done_bytes += n
         self._maybe_show()
+
+    def add_total(self, n: int) -> None:
+        """``n`` bytes more to do, learned on the way (a size the plan could not know)."""
+        with self._lock:
+            self.total += n
 
     def key_done(self) -> None:
         with self._lock:
@@ -54,6 +65,8 @@ class Progress:
             text += f", {human_size(int(rate))}/s"
             if rate > 0 and self.done_bytes < self.total:
                 text += f", ETA {_duration((self.total - self.done_bytes) / rate)}"
+        elif self.done_bytes:
+            text += f", {human_size(self.done_bytes)}, {human_size(int(rate))}/s"
         return text
 
     def _maybe_show(self) -> None:

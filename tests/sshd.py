@@ -6,6 +6,12 @@ host key, ``authorized_keys``, pid file and log. It runs in its own session so t
 is how a test simulates a host going down mid-transfer. sshd calls ``setsid()`` in
 each connection child, so killing the process group alone would leave those running;
 ``stop()`` therefore freezes and kills the whole process tree under the pid it started.
+
+A server can also stand for a gateway account whose ``authorized_keys`` gives each
+client key a forced command (``command="...",restrict KEY``): :meth:`SSHD.authorize`
+writes such lines, ``authorized_keys=`` makes sshd read a file a test (or a script
+from the docs, as ``~/.ssh/authorized_keys``) writes itself, and ``env=`` sets the
+sessions' environment (``HOME`` of the gateway account, for one) with ``SetEnv``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +35,8 @@ DEFAULT_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 READY_TIMEOUT = 5.0
 
 
-def _keygen(path: Path, comment: str) -> None:
+def keygen(path: Path, comment: str) -> None:
+    """A fresh ed25519 keypair without passphrase: ``path`` and ``path.pub``."""
     for p in (path, Path(f"{path}.pub")):
         p.unlink(missing_ok=True)
     subprocess.run(
@@ -75,10 +82,13 @@ class SSHD:
         *,
         path: Sequence[str] = DEFAULT_PATH,
         name: str = "sshd",
+        env: Mapping[str, str] | None = None,
+        authorized_keys: Path | None = None,
     ) -> None:
         self.root = root
         self.name = name
         self.path = list(path)
+        self.env = dict(env or {})
         self.port = 0
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -88,10 +98,12 @@ class SSHD:
         self.config = root / "sshd_config"
         self.log = root / "sshd.log"
         self.pidfile = root / "sshd.pid"
-        self.authorized_keys = root / "authorized_keys"
-        self.authorized_keys.write_text(Path(f"{authorized_key}.pub").read_text())
-        os.chmod(self.authorized_keys, 0o600)
-        _keygen(self.host_key, f"{name}-hostkey")
+        if authorized_keys is None:
+            self.authorized_keys = root / "authorized_keys"
+            self.authorize([(None, authorized_key)])
+        else:  # written by the test (or the script it runs), as ~/.ssh/authorized_keys
+            self.authorized_keys = authorized_keys
+        keygen(self.host_key, f"{name}-hostkey")
 
     def __repr__(self) -> str:
         return f"SSHD({self.name!r}, port={self.port}, pid={self.pid})"
@@ -100,8 +112,20 @@ class SSHD:
         """``"ssh-ed25519 AAAA..."``: the host key as known_hosts wants it after the name."""
         return " ".join(Path(f"{self.host_key}.pub").read_text().split()[:2])
 
+    def authorize(self, entries: Sequence[tuple[str | None, Path]]) -> None:
+        """Write ``authorized_keys``: one line per (options, private key path), e.g.
+        ``('command="git-annex-remote-proxy serve --readonly",restrict', key)``; None
+        for a key without options. sshd reads the file at each login: no restart."""
+        lines = []
+        for options, key in entries:
+            public = Path(f"{key}.pub").read_text().strip()
+            lines.append(f"{options} {public}\n" if options else f"{public}\n")
+        self.authorized_keys.write_text("".join(lines))
+        os.chmod(self.authorized_keys, 0o600)
+
     def _write_config(self) -> None:
-        setenv = shlex.quote("PATH=" + ":".join(self.path))
+        variables = {"PATH": ":".join(self.path), **self.env}
+        setenv = " ".join(shlex.quote(f"{k}={v}") for k, v in variables.items())
         self.config.write_text(
             f"Port {self.port}\n"
             "ListenAddress 127.0.0.1\n"
@@ -200,7 +224,7 @@ class SSHD:
     def restart(self, new_host_key: bool = False) -> None:
         self.stop()
         if new_host_key:
-            _keygen(self.host_key, f"{self.name}-hostkey")
+            keygen(self.host_key, f"{self.name}-hostkey")
         self.start()
 
     def accepted_logins(self) -> int:
@@ -209,14 +233,27 @@ class SSHD:
 
 
 class SSHDFactory(Protocol):
-    def __call__(self, name: str, path: Sequence[str] | None = None) -> SSHD: ...
+    def __call__(
+        self,
+        name: str,
+        path: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        authorized_keys: Path | None = None,
+    ) -> SSHD: ...
 
 
-def ssh_config_for(home: Path, hosts: dict[str, SSHD], key: Path, extra: str = "") -> None:
+def ssh_config_for(
+    home: Path,
+    hosts: dict[str, SSHD],
+    key: Path,
+    extra: str = "",
+    keys: Mapping[str, Path] | None = None,
+) -> None:
     """Write ``home/.ssh/config`` (one strict ``Host`` block per server) and its known_hosts.
 
     Paths are absolute, so OpenSSH's ``ssh -F home/.ssh/config`` (which ignores $HOME)
     and shared.ssh (which follows $HOME) read the same setup. ``extra`` is appended.
+    ``keys`` gives some hosts (aliases; several may name one server) their own key.
     """
     ssh = home / ".ssh"
     ssh.mkdir(parents=True, exist_ok=True)
@@ -229,13 +266,15 @@ def ssh_config_for(home: Path, hosts: dict[str, SSHD], key: Path, extra: str = "
             "  HostName 127.0.0.1\n"
             f"  Port {server.port}\n"
             "  User root\n"
-            f"  IdentityFile {key}\n"
+            f"  IdentityFile {(keys or {}).get(name, key)}\n"
             "  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {known}\n"
             "  StrictHostKeyChecking yes\n"
             "  BatchMode yes\n"
         )
-        lines.append(f"[127.0.0.1]:{server.port} {server.host_key_line()}\n")
+        line = f"[127.0.0.1]:{server.port} {server.host_key_line()}\n"
+        if line not in lines:
+            lines.append(line)
     config = ssh / "config"
     config.write_text("\n".join(blocks) + extra)
     os.chmod(config, 0o600)
@@ -247,7 +286,7 @@ def ssh_config_for(home: Path, hosts: dict[str, SSHD], key: Path, extra: str = "
 def ssh_client_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Private key path of the client keypair every test server authorizes (``.pub`` beside)."""
     key = tmp_path_factory.mktemp("ssh-client") / "id_ed25519"
-    _keygen(key, "test-client")
+    keygen(key, "test-client")
     return key
 
 
@@ -256,14 +295,27 @@ def sshd_factory(
     tmp_path_factory: pytest.TempPathFactory, ssh_client_key: Path
 ) -> Iterator[SSHDFactory]:
     """``sshd_factory("host1", path=...)``: a named server, started on first use (and
-    started again if a test stopped it); all are stopped by pid at session end."""
+    started again if a test stopped it); all are stopped by pid at session end. ``path``,
+    ``env`` and ``authorized_keys`` (see :class:`SSHD`) count when the server is made."""
     servers: dict[str, SSHD] = {}
     base = tmp_path_factory.mktemp("sshd")
 
-    def factory(name: str, path: Sequence[str] | None = None) -> SSHD:
+    def factory(
+        name: str,
+        path: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        authorized_keys: Path | None = None,
+    ) -> SSHD:
         server = servers.get(name)
         if server is None:
-            server = SSHD(base / name, ssh_client_key, path=path or DEFAULT_PATH, name=name)
+            server = SSHD(
+                base / name,
+                ssh_client_key,
+                path=path or DEFAULT_PATH,
+                name=name,
+                env=env,
+                authorized_keys=authorized_keys,
+            )
             servers[name] = server
         server.start()
         return server

@@ -234,7 +234,7 @@ def test_testremote_through_a_gateway_to_an_encrypted_chunked_s3_node(
     s3.create_bucket("gateway-bucket")
     config = tmp_path / "gw.toml"
     node = s3_node(s3, "s", "gateway-bucket", "t/", "&chunk=1MiB&encryption=shared")
-    proxy_cli("add", "bucket", node, config=config)
+    proxy_cli("add", "bucket", node, config=config, env=s3_env)  # the gateway's credentials
     assert "ciphers" in config.read_text()
     assert config.stat().st_mode & 0o077 == 0  # the cipher is a secret
     assert "cipher" not in proxy_cli("list", "--json", config=config).stdout

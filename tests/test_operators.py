@@ -70,7 +70,17 @@ REFUSALS = [
     (["nodes", "add", "cl", "n1", "file:///x"], "already a node called 'n1'"),
     (["nodes", "add", "cl", "bad name", "file:///x"], "node name 'bad name' is invalid"),
     (["nodes", "add", "cl", "n9", "nope://x"], "unknown URL scheme"),
-    (["nodes", "add", "cl", "n9", "file:///does/not/exist"], "refused the change"),
+    (
+        ["nodes", "add", "cl", "n9", "file:///does/not/exist"],
+        "git annex enableremote cl refused the change: node n9: directory /does/not/exist "
+        "is not accessible",
+    ),
+    (["nodes", "add", "cl", "n9", "/srv/disk9"], "a path, not a URL: write file:///srv/disk9"),
+    (
+        ["nodes", "add", "cl", "n9", "file:///srv/a,n10=file:///srv/b"],
+        "separate nodes with spaces, not commas",
+    ),
+    (["nodes", "add", "cl", "n9", "store9:/srv/a"], "write sftp://store9/srv/a"),
     (["nodes", "set", "cl", "n1", "state=gone"], "state must be active, readonly or drain"),
     (["nodes", "set", "cl", "n1", "weight=heavy"], "weight a number"),
     (["nodes", "set", "cl", "n1", "name=n7"], "cannot change"),
@@ -87,6 +97,10 @@ def test_bad_changes_are_refused_in_one_line_and_nothing_is_written(cluster: Rep
         assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert cluster.run("git", "cat-file", "blob", "git-annex:remote.log").stdout == before
+    # The same hints where git-annex shows the remote's reason: a node list with commas.
+    nodes = "a=file:///srv/a, b=file:///srv/b"
+    proc = init_cluster(cluster, nodes, "encryption=none", name="c2", check=False)
+    assert proc.returncode != 0 and "separate nodes with spaces, not commas" in proc.stderr
 
 
 def test_remove_refuses_a_node_with_content_unless_forced(
@@ -181,6 +195,46 @@ def test_status_counts_keys_short_of_copies_and_bad_copies_reads_found(
     assert cli(repo, "status", "cl").returncode == 0
 
 
+def test_copy_with_a_node_down_says_what_to_do(tmp_path: Path, pypi_client: Client) -> None:
+    """A node that cannot be asked makes the key's presence unknown, so git annex copy
+    fails before it stores. The failure says what helps: bring the node back, or,
+    where mincopies= reachable nodes take new data, copy --fast and repair later;
+    where they do not, that --fast would fail too."""
+    repo = make_repo(tmp_path / "repo", pypi_client)
+    dirs = [tmp_path / n for n in ("a1", "a2", "b1", "b2")]
+    for d in dirs:
+        d.mkdir()
+    init_cluster(repo, dirs[:2], "encryption=none", "copies=2", "mincopies=1", name="lax")
+    init_cluster(repo, dirs[2:], "encryption=none", name="strict")  # mincopies=copies=2
+    repo.write("f.bin", b"f" * 3000)
+    repo.annex("add", "f.bin")
+    for d in (dirs[1], dirs[3]):
+        d.rename(d.with_name(d.name + "-away"))
+    lax = repo.annex("copy", "--to", "lax", "f.bin", check=False)
+    assert lax.returncode != 0
+    assert (
+        "could not check node n2: directory" in lax.stdout
+        and "bring node n2 back and run this again, or store on the reachable nodes now "
+        "with git annex copy --fast --to lax (it needs mincopies=1 of them; "
+        "git-annex-remote-cluster repair lax gives node n2 its copies once it is back)"
+        in lax.stdout
+    ), lax.stdout + lax.stderr
+    strict = repo.annex("copy", "--to", "strict", "f.bin", check=False)
+    assert strict.returncode != 0
+    assert (
+        "bring node n2 back and run this again (git annex copy --fast would fail too: a "
+        "store needs mincopies=2 nodes that take new data, and 1 can be reached; git annex "
+        "enableremote strict mincopies=1 lowers it)" in strict.stdout
+    ), strict.stdout + strict.stderr
+    fast = repo.annex("copy", "--fast", "--to", "strict", "f.bin", check=False)
+    assert fast.returncode != 0 and "fix node n2 and run this again" in fast.stderr
+    # What the hint says works: --fast where mincopies allows, then repair.
+    repo.annex("copy", "--fast", "--to", "lax", "f.bin")
+    dirs[1].with_name("a2-away").rename(dirs[1])
+    cli(repo, "repair", "lax")
+    assert objects_in(dirs[0]) and objects_in(dirs[1])
+
+
 def test_operator_guide_script_reaches_a_second_clone(
     tmp_path: Path, client: Client, node_dirs: list[Path]
 ) -> None:
@@ -225,6 +279,53 @@ def test_operator_guide_script_reaches_a_second_clone(
     b.annex("add", ".")
     b.annex("copy", "--to", "storage", ".")
     assert len(objects_in(node_dirs[2])) > 0
+    a_node_added_while_b_has_not_accepted_it(a, b, tmp_path / "n5")
+
+
+def a_node_added_while_b_has_not_accepted_it(a: Repo, b: Repo, new_dir: Path) -> None:
+    """Clone A adds a node; clone B receives the change but has not accepted it. Recent
+    git-annex keeps using the old node list in B (it would store nothing on n5), and so
+    do the operators' commands there, saying how to accept it; every command that
+    writes the node list or moves content by it waits for that. Old git-annex has no
+    verifyremote and uses the newest list at once, and so do the commands."""
+    new_dir.mkdir()
+    cli(a, "nodes", "add", "storage", "n5", new_dir.as_uri())
+    a.annex("sync", "--quiet")
+    b.annex("sync", "--no-push", "--quiet")
+    verifies = b.client.name == "pypi"  # Debian's 10.20230126 has no verifyremote
+    listed = cli(b, "nodes", "list", "storage", "--json")
+    names = [n["name"] for n in json.loads(listed.stdout)]
+    status = cli(b, "status", "storage")
+    plan = json.loads(cli(b, "rebalance", "storage", "--dry-run", "--json").stdout)
+    if not verifies:
+        assert names == ["n1", "n2", "n4", "n5"] and listed.stderr == ""
+        assert "4 of 4 node(s) reachable" in status.stdout
+        assert plan["plan"]["nodes"]["n5"]["keys_in"] > 0
+        return
+    hint = (
+        "storage: this clone uses the configuration it accepted; a newer one (node n5 "
+        "added) is not accepted here yet: check it with git annex verifyremote storage"
+    )
+    assert names == ["n1", "n2", "n4"] and hint in listed.stderr
+    assert len(listed.stderr.strip().splitlines()) == 1
+    assert "3 of 3 node(s) reachable" in status.stdout and hint in status.stderr
+    assert "n5" not in plan["plan"]["nodes"] and plan["plan"]["keys_to_move"] == 0
+    before = b.run("git", "cat-file", "blob", "git-annex:remote.log").stdout
+    for args in (
+        ("nodes", "set", "storage", "n1", "weight=2"),
+        ("rebalance", "storage", "--apply"),
+    ):
+        refused = cli(b, *args, check=False)
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+        assert "has not accepted the newer configuration of storage (node n5 added)" in (
+            refused.stderr
+        )
+        assert "git annex verifyremote storage" in refused.stderr
+    assert b.run("git", "cat-file", "blob", "git-annex:remote.log").stdout == before
+    accept_remote(b, "storage")
+    listed = cli(b, "nodes", "list", "storage", "--json")
+    assert [n["name"] for n in json.loads(listed.stdout)] == ["n1", "n2", "n4", "n5"]
+    assert listed.stderr == ""
 
 
 def accept_remote(repo: Repo, name: str) -> None:

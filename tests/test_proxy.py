@@ -34,12 +34,16 @@ pytestmark = pytest.mark.timeout(900)
 PROXY = str(VENV_BIN / "git-annex-remote-proxy")
 
 
-def proxy_cli(*args: str, config: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def proxy_cli(
+    *args: str, config: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``gateway ARGS`` as the gateway's operator runs it (``env``: added to ours)."""
     return subprocess.run(
         [PROXY, "gateway", "--config", str(config), *args],
         capture_output=True,
         text=True,
         check=check,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -65,6 +69,8 @@ def leftovers(d: Path) -> list[Path]:
 
 def test_gateway_commands_manage_targets(tmp_path: Path) -> None:
     config = tmp_path / "gw.toml"
+    for d in ("a", "b", "s"):
+        (tmp_path / d).mkdir()
     out = proxy_cli("add", "archive", f"a=file://{tmp_path}/a", f"b=file://{tmp_path}/b",
                     "--copies", "1", config=config).stdout  # fmt: skip
     assert "target archive (" in out
@@ -93,7 +99,7 @@ def test_gateway_commands_refuse_bad_input_in_one_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     config = tmp_path / "gw.toml"
-    proxy_cli("add", "keep", "k=file:///k", config=config)
+    proxy_cli("add", "keep", f"k=file://{tmp_path}", config=config)
     before = config.read_text()
     proc = proxy_cli(*args, config=config, check=False)
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
@@ -147,8 +153,8 @@ def gateway(tmp_path: Path) -> tuple[Path, list[Path]]:
     for n in nodes:
         n.mkdir()
     proxy_cli("add", "archive", *(f"{n.name}=file://{n}" for n in nodes), config=config)
-    proxy_cli("add", "other", f"o=file://{tmp_path / 'o'}", config=config)
     (tmp_path / "o").mkdir()
+    proxy_cli("add", "other", f"o=file://{tmp_path / 'o'}", config=config)
     return config, nodes
 
 
@@ -372,7 +378,9 @@ def test_interrupted_uploads_leave_no_pile_of_temps(
         d.mkdir()
     ssh_config_for(home, {"h2": sshd_factory("h2")}, ssh_client_key)
     env = {"HOME": str(home)}
-    proxy_cli("add", "pair", f"n1=file://{dirs[0]}", f"n2=sftp://h2{dirs[1]}", config=config)
+    proxy_cli(
+        "add", "pair", f"n1=file://{dirs[0]}", f"n2=sftp://h2{dirs[1]}", config=config, env=env
+    )  # fmt: skip
     data = os.urandom(2 * 1024 * 1024)
     key = key_for(data)
 
@@ -569,11 +577,13 @@ def gateway_command(config: Path, home: Path | None = None) -> str:
     return f"{env}{PROXY} serve --config {config}"
 
 
-def init_proxy(repo: Repo, config: Path, target: str, home: Path | None = None) -> None:
+def init_proxy(
+    repo: Repo, config: Path, target: str, home: Path | None = None, extra: tuple[str, ...] = ()
+) -> None:
     repo.annex(
         "initremote", "gw", "type=external", "externaltype=proxy", "encryption=none",
         "gateway=ssh://gw", f"target={target}",
-        f"gatewaycommand={gateway_command(config, home)}",
+        f"gatewaycommand={gateway_command(config, home)}", *extra,
     )  # fmt: skip
 
 
@@ -605,7 +615,7 @@ def test_testremote_through_the_proxy_to_a_cluster_of_sftp_nodes(
         d.mkdir()
     config = tmp_path / "gw.toml"
     nodes = [f"n{i}=sftp://h{i}{d}" for i, d in enumerate(dirs, 1)]
-    proxy_cli("add", "pool", *nodes, "--copies", "2", config=config)
+    proxy_cli("add", "pool", *nodes, "--copies", "2", config=config, env={"HOME": str(gw_home)})
     init_proxy(repo, config, "pool", gw_home)
     proc = repo.annex("testremote", "gw", "--fast", check=False, timeout=900)
     passed, total = summary_of_testremote(proc.stdout + proc.stderr)
@@ -667,6 +677,31 @@ def test_stock_git_annex_uses_the_gateway_as_an_ssh_remote(
     assert objects(disk) == []
 
 
+def native_cluster(root: Path, env: dict[str, str], count: int) -> tuple[Path, list[Path], str]:
+    """A native git-annex cluster (``initcluster``): gateway repository ``root/gateway.git``
+    and ``count`` node repositories; returns them and the cluster's UUID."""
+
+    def git(cwd: Path | None, *args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+        ).stdout
+
+    gw = root / "gateway.git"
+    git(None, "init", "-q", "--bare", str(gw))
+    git(gw, "annex", "init", "-q", "gateway")
+    nodes = [root / f"node{i}.git" for i in range(1, count + 1)]
+    for i, node in enumerate(nodes, 1):
+        git(None, "clone", "-q", "--bare", str(gw), str(node))
+        git(node, "annex", "init", "-q", f"node{i}")
+    git(gw, "annex", "initcluster", "mycluster")
+    for i, node in enumerate(nodes, 1):
+        git(gw, "remote", "add", f"node{i}", str(node))
+        git(gw, "config", f"remote.node{i}.annex-cluster-node", "mycluster")
+    git(gw, "fetch", "-q", "--all")
+    git(gw, "annex", "updatecluster")
+    return gw, nodes, git(gw, "config", "annex.cluster.mycluster").strip()
+
+
 def test_proxy_to_a_native_git_annex_cluster(
     tmp_path: Path,
     repo: Repo,
@@ -680,25 +715,7 @@ def test_proxy_to_a_native_git_annex_cluster(
     ssh_config_for(Path(repo.client.env["HOME"]), hosts, ssh_client_key)
     env = pypi_client.env
 
-    def git(cwd: Path | None, *args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
-        ).stdout
-
-    gw = tmp_path / "gateway.git"
-    git(None, "init", "-q", "--bare", str(gw))
-    git(gw, "annex", "init", "-q", "gateway")
-    nodes = [tmp_path / f"node{i}.git" for i in (1, 2, 3)]
-    for i, node in enumerate(nodes, 1):
-        git(None, "clone", "-q", "--bare", str(gw), str(node))
-        git(node, "annex", "init", "-q", f"node{i}")
-    git(gw, "annex", "initcluster", "mycluster")
-    for i, node in enumerate(nodes, 1):
-        git(gw, "remote", "add", f"node{i}", str(node))
-        git(gw, "config", f"remote.node{i}.annex-cluster-node", "mycluster")
-    git(gw, "fetch", "-q", "--all")
-    git(gw, "annex", "updatecluster")
-    cluster_uuid = git(gw, "config", "annex.cluster.mycluster").strip()
+    gw, nodes, cluster_uuid = native_cluster(tmp_path, env, 3)
     repo.annex(
         "initremote", "nc", "type=external", "externaltype=proxy", "encryption=none",
         f"gateway=annex+ssh://ngw{gw}", f"target={cluster_uuid}",
@@ -726,11 +743,14 @@ def test_nested_gateways_listing_each_other_do_not_loop(
         home = tmp_path / f"home-{n}"
         ssh_config_for(home, hosts, ssh_client_key)  # each gateway reaches the other
         commands[n] = gateway_command(tmp_path / f"gw-{n}.toml", home)
+    for me in ("a", "b"):  # each target first, so that the other's node can reach it
+        proxy_cli("add", f"t{me}", f"disk=file://{disks[me]}", config=tmp_path / f"gw-{me}.toml")
     for me, other in (("a", "b"), ("b", "a")):
         nested = f"gateway+ssh://gw{other}/t{other}?command={quote(commands[other], safe='')}"
         config = tmp_path / f"gw-{me}.toml"
         proxy_cli("add", f"t{me}", f"disk=file://{disks[me]}", f"via={nested}",
-                  "--copies", "2", "--mincopies", "1", config=config)  # fmt: skip
+                  "--copies", "2", "--mincopies", "1", config=config,
+                  env={"HOME": str(tmp_path / f"home-{me}")})  # fmt: skip
     for n in ("a", "b"):
         repo.annex(
             "initremote", f"gw{n}", "type=external", "externaltype=proxy", "encryption=none",
@@ -868,3 +888,50 @@ def test_gateway_refusals_reach_the_user_in_one_line(
     proc = repo.annex("copy", "--to", "ro", "r.bin", check=False)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "changed" in text.lower() and "ssh-keygen -R" in text
+
+
+# -- chunk keys through the gateway ----------------------------------------------------
+
+
+def chunk_objects(d: Path, key: str) -> list[str]:
+    """The names of ``key``'s chunk objects in a node directory."""
+    name = key.partition("--")[2]
+    return sorted(p.name for p in objects(d) if "-S" in p.name and p.name.endswith("--" + name))
+
+
+@pytest.mark.parametrize("client", ["pypi"], indirect=True)
+def test_chunked_content_through_the_gateway(tmp_path: Path, repo: Repo, gw_host: str) -> None:
+    """chunk= on the proxy remote: git-annex sends chunk keys of unencrypted content
+    (SHA256E-s...-S...-C1--...), whose size the gateway checks (their hash is the whole
+    file's); they are stored, read back and removed like any key."""
+    config = tmp_path / "gw.toml"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proxy_cli("add", "disk", f"d=file://{disk}", config=config)
+    init_proxy(repo, config, "disk", extra=("chunk=1MiB",))
+    key = add_file(repo, "c.bin", 2_500_000)
+    repo.annex("copy", "--to", "gw", "c.bin")
+    assert chunk_objects(disk, key) == [key.replace("--", f"-S1048576-C{n}--") for n in (1, 2, 3)]
+    repo.annex("drop", "c.bin")
+    repo.annex("get", "c.bin")
+    repo.annex("fsck", "c.bin")
+    repo.annex("fsck", "--from", "gw", "c.bin")
+    repo.annex("drop", "--from", "gw", "c.bin")
+    assert objects(disk) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_testremote_full_through_the_gateway(tmp_path: Path, repo: Repo, gw_host: str) -> None:
+    """The full matrix (573 cases), chunked groups included, through the proxy remote
+    and our gateway to a file:// target."""
+    config = tmp_path / "gw.toml"
+    (tmp_path / "disk").mkdir()
+    proxy_cli("add", "disk", f"d=file://{tmp_path / 'disk'}", config=config)
+    init_proxy(repo, config, "disk")
+    proc = repo.annex("testremote", "gw", check=False, timeout=3600)
+    passed, total = summary_of_testremote(proc.stdout + proc.stderr)
+    print(f"testremote through the gateway ({repo.client.name}): {passed}/{total}")
+    assert proc.returncode == 0 and passed == total == 573, (
+        proc.stdout[-5000:] + proc.stderr[-5000:]
+    )

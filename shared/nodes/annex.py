@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
@@ -92,6 +93,22 @@ _PARAMS = {
     "gateway+ssh": ("uuid", "command"),
 }
 GATEWAY_COMMAND = "git-annex-remote-proxy serve"
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How a node's messages name what answers there, what must be installed there,
+    and the setting that gives the command to run: a git-annex repository node
+    (``shell=``), a node that is our gateway's target (``command=``), or the one
+    gateway of a proxy remote (``gatewaycommand=``, see ``reword``)."""
+
+    peer: str  # "git-annex repository", "gateway"
+    program: str  # what runs there: "git-annex" (git-annex-shell), "git-annex-remote-proxy"
+    setting: str  # "shell=", "command=", "gatewaycommand="
+
+
+REPOSITORY = Wording("git-annex repository", "git-annex", "shell=")
+GATEWAY = Wording("gateway", "git-annex-remote-proxy", "command=")
 
 
 def parse_annex_url(spec: NodeSpec) -> tuple[SSHTarget | None, str]:
@@ -255,14 +272,15 @@ class AnnexNode(Node):
             GATEWAY_COMMAND if gateway else "git-annex-shell"
         )
         self.is_gateway = gateway
+        self.wording = GATEWAY if gateway else REPOSITORY
         # Gateways not to reach (BYPASS, P2P v2+): set before the session starts.
         self.bypass: tuple[str, ...] = ()
         try:
             self.shell = shlex.split(shell)
         except ValueError as e:
-            raise ConfigError(f"node {spec.name}: shell={shell!r}: {e}") from e
+            raise ConfigError(f"node {spec.name}: {self.wording.setting}{shell!r}: {e}") from e
         if not self.shell:
-            raise ConfigError(f"node {spec.name}: shell= must name a command")
+            raise ConfigError(f"node {spec.name}: {self.wording.setting} must name a command")
         self._uuid: str | None = spec.params.get("uuid") or None
         self._pool = pool
         self._lock = threading.RLock()
@@ -286,7 +304,14 @@ class AnnexNode(Node):
 
     @property
     def where(self) -> str:
+        if self.is_gateway:
+            return f"target {self.path.strip('/')} of the gateway on {self.target}"
         return self.path if self.target is None else f"{self.path} on {self.target}"
+
+    def _install(self) -> str:
+        """What to do when the command is not there."""
+        w = self.wording
+        return f"install {w.program} there, or give the command's full path in {w.setting}"
 
     @property
     def pool(self) -> SSHPool:
@@ -323,7 +348,7 @@ class AnnexNode(Node):
                 return _ProcessStream(argv)
             except OSError as e:
                 raise Unavailable(
-                    f"cannot run {argv[0]!r}: {e.strerror or e}; is git-annex installed?", self.name
+                    f"cannot run {argv[0]!r}: {e.strerror or e}; {self._install()}", self.name
                 ) from e
         return _ChannelStream(self.pool.connection(self.target).exec(argv))
 
@@ -338,15 +363,18 @@ class AnnexNode(Node):
             ]
             if status != 0 or not found or not found[0]:
                 detail = " ".join(err.split())[-300:] or f"exit status {status}"
+                if status == 127:
+                    detail = f"{self.shell[0]} was not found there ({detail}); {self._install()}"
+                    if self.is_gateway:
+                        raise Unavailable(f"cannot reach {self.where}: {detail}", self.name)
+                elif self.is_gateway and status != 0:  # our gateway's last line says it all
+                    last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
+                    detail = last.removeprefix("git-annex-remote-proxy: ")[:1000] or detail
+                    raise Unavailable(f"{self.where}: {detail}", self.name)
                 if status == 0:
                     detail = "it has no annex.uuid; run 'git annex init' in it"
-                elif status == 127:
-                    detail = (
-                        f"{self.shell[0]} was not found there ({detail}); "
-                        "install git-annex or set shell="
-                    )
                 raise Unavailable(
-                    f"{self.where} is not a usable git-annex repository: {detail}", self.name
+                    f"{self.where} is not a usable {self.wording.peer}: {detail}", self.name
                 )
             self._uuid = found[0]
         return self._uuid
@@ -364,6 +392,8 @@ class AnnexNode(Node):
         except (ClusterError, OSError, EOFError) as e:
             detail = stream.stderr_text() or str(e)
             stream.close()
+            if self.shell[0] in detail and ("not found" in detail or "No such file" in detail):
+                detail += f"; {self._install()}"
             raise Unavailable(
                 f"no P2P session with {self.where} ({shlex.join(self.shell)} p2pstdio): {detail}",
                 self.name,
@@ -392,7 +422,8 @@ class AnnexNode(Node):
             try:
                 yield client
             except PeerRefused as e:
-                raise _refusal(str(e), what, self.name) from e
+                peer = self.wording.peer.removeprefix("git-annex ")  # "the gateway refused"
+                raise _refusal(str(e), what, self.name, peer) from e
             except (ConnectionLost, ProtocolError, OSError, EOFError) as e:
                 detail = self._stream.stderr_text() if self._stream else ""
                 self._drop()
@@ -423,7 +454,12 @@ class AnnexNode(Node):
         return UNKNOWN_SIZE if size is None else size
 
     def store(self, key: Key, source: Readable, size: int) -> bool:
-        if key.is_chunk and (key.size is not None or key.new_hash() is not None):
+        # (Our gateway takes them: it checks each chunk's size, as for encrypted keys.)
+        if (
+            key.is_chunk
+            and not self.is_gateway
+            and (key.size is not None or key.new_hash() is not None)
+        ):
             raise IntegrityError(
                 f"{key} is a chunk of unencrypted content, which a git-annex repository "
                 "refuses (it does not match its key); use encryption= with chunk=, or no chunk=",
@@ -457,11 +493,14 @@ class AnnexNode(Node):
         with self._request(f"removing {key}") as client:
             removed, _ = client.remove(key)
         if not removed:
-            raise NodeError(
-                f"{self.where} did not remove {key} (it may be locked by a running git-annex, "
-                "or the repository could not be written)",
-                self.name,
+            why = (
+                "a node of the target failed, or another client holds the key locked; the "
+                "gateway's log says which"
+                if self.is_gateway
+                else "it may be locked by a running git-annex, or the repository could not "
+                "be written"
             )
+            raise NodeError(f"{self.where} did not remove {key} ({why})", self.name)
 
     def list_names(self) -> Iterator[str]:
         """Walks the repository's object directory (see ``shared.nodes.annexlist``)."""
@@ -494,10 +533,20 @@ class _Exact:
         return block
 
 
-def _refusal(text: str, what: str, node: str) -> NodeError:
+def _refusal(text: str, what: str, node: str, peer: str) -> NodeError:
     """The node's ERROR reply, as the type that says what to do about it."""
     if READONLY_ERROR in text or APPENDONLY_ERROR in text:
-        return PermissionDenied(f"{what}: the repository refused: {text}", node)
+        return PermissionDenied(f"{what}: the {peer} refused: {text}", node)
     if "did not accept the content" in text:
         return IntegrityError(f"{what}: {text}", node)
-    return NodeError(f"{what}: the repository refused: {text}", node)
+    return NodeError(f"{what}: the {peer} refused: {text}", node)
+
+
+def reword(node: Node, wording: Wording) -> None:
+    """Make the git-annex repository or gateway node under ``node``'s layers word its
+    messages as ``wording`` says (a proxy remote: its gateway, ``gatewaycommand=``)."""
+    inner: Node | None = node
+    while inner is not None and not isinstance(inner, AnnexNode):
+        inner = getattr(inner, "inner", None)
+    if inner is not None:
+        inner.wording = wording

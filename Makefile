@@ -5,6 +5,9 @@
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
+# Test workers (pytest-xdist): the suite waits on git-annex, ssh and S3 processes
+# most of the time, so two workers halve its wall time on CI's two cores.
+TEST_JOBS ?= 2
 # Tests and the demo find git-annex (PyPI) and git-annex-remote-cluster here.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -41,10 +44,10 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: sysdeps-test venv lint
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n $(TEST_JOBS)
 
 test-full: sysdeps-test venv lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_JOBS)
 
 bench: sysdeps-test venv
 	$(PY) bench/cluster_vs_native.py $(BENCH_ARGS)

@@ -42,6 +42,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: sysdeps-test venv lint
 	$(PY) -m pytest -m "not slow" -n $(TEST_JOBS)

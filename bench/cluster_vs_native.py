@@ -37,7 +37,7 @@ from harness import (
 )
 from sshd import SSHD, ssh_config_for  # tests/sshd.py: private sshd, stopped by pid
 
-from shared.nodeurl import parse_size
+from shared.nodes.url import parse_size
 
 HOSTS = (1, 2, 3)
 BIG, SMALL = "big.bin", "small"

@@ -37,7 +37,7 @@ from harness import (
 )
 from sshd import SSHD, ssh_config_for  # tests/sshd.py: private sshd, stopped by pid
 
-from shared.nodeurl import parse_size
+from shared.nodes.url import parse_size
 
 GW, NODE = "gwhost", "nodehost"
 BIG = "big.bin"

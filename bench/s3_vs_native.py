@@ -44,7 +44,7 @@ from harness import (
 sys.path.insert(0, str(REPO))  # the checkout this script is in is the code under test
 from s3server import S3Server, s3_environ  # tests/s3server.py: moto_server, stopped by pid
 
-from shared.nodeurl import parse_size
+from shared.nodes.url import parse_size
 
 BIG, MEM = "big.bin", "mem.bin"
 OPS = ("copy", "get")

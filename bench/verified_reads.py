@@ -24,7 +24,7 @@ from pathlib import Path
 from cluster_vs_native import BIG, Bench, check_content
 from harness import MIB, REPO, fresh_scratch, load_average
 
-from shared.nodeurl import parse_size
+from shared.nodes.url import parse_size
 
 
 def use(bench: Bench, baseline: Path | None) -> None:

@@ -12,13 +12,13 @@ import sys
 import traceback
 
 from git_annex_remote_cluster import __version__
-from shared import nodecli
 from shared.errors import ClusterError
+from shared.ops import nodecli
 
 
 def _protocol() -> int:
     from git_annex_remote_cluster.remote import ClusterRemote
-    from shared import annexproto
+    from shared.annex import protocol as annexproto
 
     return annexproto.run(ClusterRemote)
 

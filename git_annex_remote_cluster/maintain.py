@@ -1,5 +1,5 @@
 """``rebalance``, ``repair`` and ``fsck`` on a cluster remote of the repository in the
-current directory (the commands themselves are in ``shared.maintaincli``).
+current directory (the commands themselves are in ``shared.ops.maintaincli``).
 
 Keys of encrypted nodes are recognised by matching the repository's known keys, so
 run them in a clone that is up to date (``git annex sync`` or ``git annex merge``).
@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from git_annex_remote_cluster.operators import ClusterConfig
-from shared import locationlog, maintaincli
-from shared.badcopies import BadCopies, bad_copies_path
+from shared.annex import locationlog
+from shared.annex.keys import Key
+from shared.annex.remotelog import describe_uuid
+from shared.cluster.badcopies import BadCopies, bad_copies_path
 from shared.errors import ConfigError
-from shared.keys import Key
-from shared.maintaincli import Logged, Sized
 from shared.nodes import Node, open_node
 from shared.nodes.base import KnownKeys
-from shared.nodeurl import parse_size
-from shared.remotelog import describe_uuid
+from shared.nodes.url import parse_size
+from shared.ops import maintaincli
+from shared.ops.maintaincli import Logged, Sized
 
 COMMAND = "git-annex-remote-cluster"
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import status
-from shared.cluster_remote import with_recorded
+from shared.annex.remotelog import UsedConfig, describe_uuid, used_remote_config
+from shared.cluster.remote import with_recorded
 from shared.errors import ConfigError
-from shared.nodecli import check_empty, check_owners, edit, report, takes_over
 from shared.nodes.owner import Ownership
-from shared.nodeurl import NodeSpec, format_node_list, parse_node_list
-from shared.remotelog import UsedConfig, describe_uuid, used_remote_config
+from shared.nodes.url import NodeSpec, format_node_list, parse_node_list
+from shared.ops import status
+from shared.ops.nodecli import check_empty, check_owners, edit, report, takes_over
 
 PROG = "git-annex-remote-cluster"
 
@@ -215,7 +215,7 @@ def cmd_nodes(args: Any) -> int:
 
 
 def cmd_status(args: Any) -> int:
-    """Each node's health and the keys' (``shared.status``); 1 unless all is well."""
+    """Each node's health and the keys' (``shared.ops.status``); 1 unless all is well."""
     config = ClusterConfig.load(args.remote)
     config.say_pending()
     specs = config.open_specs()

@@ -1,4 +1,4 @@
-"""``externaltype=cluster``: the remote class lives in ``shared.cluster_remote``, which the
+"""``externaltype=cluster``: the remote class lives in ``shared.cluster.remote``, which the
 proxy remote builds on too. This program's class adds what to do when a node is
 down, in the words of its own commands."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from annexremote import RemoteError
 
-from shared.cluster import PresenceUnknown, StoreFailed
-from shared.cluster_remote import CONFIGS
-from shared.cluster_remote import ClusterRemote as _ClusterRemote
+from shared.cluster.core import PresenceUnknown, StoreFailed
+from shared.cluster.remote import CONFIGS
+from shared.cluster.remote import ClusterRemote as _ClusterRemote
 
 __all__ = ["CONFIGS", "ClusterRemote"]
 

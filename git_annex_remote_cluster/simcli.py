@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ConfigError
-from shared.nodecli import human_size, table
-from shared.simulate import (
+from shared.ops.nodecli import human_size, table
+from shared.sim.simulate import (
     ALGORITHMS,
     EventReport,
     Scenario,
@@ -54,7 +54,7 @@ def run(args: Any) -> int:
     scenario = _scenario(args)
     reports = Simulation(scenario).run()
     if args.plot is not None:
-        from shared.simplot import plot
+        from shared.sim.plot import plot
 
         plot(reports, args.plot)
     if args.json:

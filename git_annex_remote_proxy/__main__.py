@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from git_annex_remote_proxy import __version__
-from shared import maintaincli, nodecli
 from shared.errors import ClusterError, ConfigError
+from shared.ops import maintaincli, nodecli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def _protocol() -> int:
     from git_annex_remote_proxy.remote import ProxyRemote
-    from shared import annexproto
+    from shared.annex import protocol as annexproto
 
     return annexproto.run(ProxyRemote)
 
@@ -191,7 +191,7 @@ def _subject(
     the gateway has no git-annex repository, so encrypted nodes cannot be listed there
     (their names are HMACs of keys)."""
     from git_annex_remote_proxy.gateway import bad_copies_path
-    from shared.badcopies import BadCopies
+    from shared.cluster.badcopies import BadCopies
     from shared.nodes import Node, open_node
 
     specs = target.specs()
@@ -219,7 +219,7 @@ def _subject(
 
 
 def _gateway_maintain(args: argparse.Namespace) -> int:
-    """rebalance, repair and fsck of a target (``shared.maintaincli``)."""
+    """rebalance, repair and fsck of a target (``shared.ops.maintaincli``)."""
     from git_annex_remote_proxy.config import GatewayConfig
 
     config = GatewayConfig.load(args.config)
@@ -229,9 +229,9 @@ def _gateway_maintain(args: argparse.Namespace) -> int:
 
 def _gateway_status(args: argparse.Namespace) -> int:
     """``status`` of one target, or of every target: as ``git-annex-remote-cluster
-    status`` reports a cluster remote (``shared.status``); 1 unless all is well."""
+    status`` reports a cluster remote (``shared.ops.status``); 1 unless all is well."""
     from git_annex_remote_proxy.config import GatewayConfig
-    from shared import status
+    from shared.ops import status
 
     config = GatewayConfig.load(args.config)
     if args.target:

@@ -30,7 +30,7 @@ from pathlib import Path
 from shared.errors import ConfigError
 from shared.nodes import generate_ciphers, with_ciphers
 from shared.nodes.owner import Ownership
-from shared.nodeurl import NAME_RE, NodeSpec, parse_node_list
+from shared.nodes.url import NAME_RE, NodeSpec, parse_node_list
 
 ENV_CONFIG = "GIT_ANNEX_REMOTE_PROXY_CONFIG"
 _UUID_RE = re.compile(

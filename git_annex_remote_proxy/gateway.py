@@ -33,16 +33,17 @@ from pathlib import Path
 
 from git_annex_remote_proxy import locks
 from git_annex_remote_proxy.config import GatewayConfig, Target
-from shared.badcopies import BadCopies
-from shared.cluster import Cluster, PresenceUnknown, RemoveFailed, StoreOutcome
+from shared.annex.keys import ContentVerifier, Key
+from shared.cluster.badcopies import BadCopies
+from shared.cluster.core import Cluster, PresenceUnknown, RemoveFailed, StoreOutcome
+from shared.cluster.verify import VerifiedReader
 from shared.errors import ClusterError, IntegrityError
-from shared.keys import ContentVerifier, Key
 from shared.nodes import open_node
 from shared.nodes.annex import AnnexNode
-from shared.nodes.base import UNKNOWN_SIZE, Node, Readable
+from shared.nodes.base import UNKNOWN_SIZE, Node
 from shared.nodes.retry import RetryingNode
 from shared.p2p.io import Server
-from shared.verify import VerifiedReader
+from shared.streams import Readable
 
 BLOCK = 1024 * 1024
 PIPE_SIZE = 1024 * 1024  # Linux's default /proc/sys/fs/pipe-max-size

@@ -17,13 +17,13 @@ from urllib.parse import quote, urlsplit
 
 from annexremote import RemoteError
 
-from shared.annexproto import AnnexMaster
-from shared.cluster import Cluster, RemoveFailed, StoreFailed
-from shared.cluster_remote import ClusterRemote
+from shared.annex.keys import Key
+from shared.annex.protocol import AnnexMaster
+from shared.cluster.core import Cluster, RemoveFailed, StoreFailed
+from shared.cluster.remote import ClusterRemote
 from shared.errors import ClusterError, ConfigError
-from shared.keys import Key
 from shared.nodes.annex import Wording, reword
-from shared.nodeurl import NAME_RE, NodeSpec, parse_node
+from shared.nodes.url import NAME_RE, NodeSpec, parse_node
 
 DEFAULT_COMMAND = "git-annex-remote-proxy serve"
 _UUID_RE = re.compile(r"[0-9a-fA-F-]{36}")

@@ -18,9 +18,10 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
+from shared.annex.keys import Key
 from shared.errors import NodeError, Unavailable
-from shared.keys import Key
-from shared.nodes.base import Layer, Node, Readable, Usage, Writable
+from shared.nodes.base import Layer, Node, Usage
+from shared.streams import Readable, Writable
 
 Op = Literal["check", "present", "store", "retrieve", "remove", "usage"]
 ExcSpec = BaseException | type[BaseException]

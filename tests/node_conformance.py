@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.annex.keys import Key
+from shared.cluster.fanout import SourceFailed
 from shared.errors import (
     BadReplica,
     IntegrityError,
@@ -36,8 +38,6 @@ from shared.errors import (
     Unavailable,
     Unsupported,
 )
-from shared.fanout import SourceFailed
-from shared.keys import Key
 from shared.nodes import tmpnames
 from shared.nodes.base import UNKNOWN_SIZE, Layer, Node
 from shared.nodes.tmpnames import PREFIX, resume_name

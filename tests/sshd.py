@@ -252,7 +252,7 @@ def ssh_config_for(
     """Write ``home/.ssh/config`` (one strict ``Host`` block per server) and its known_hosts.
 
     Paths are absolute, so OpenSSH's ``ssh -F home/.ssh/config`` (which ignores $HOME)
-    and shared.ssh (which follows $HOME) read the same setup. ``extra`` is appended.
+    and shared.transport.ssh (which follows $HOME) read the same setup. ``extra`` is appended.
     ``keys`` gives some hosts (aliases; several may name one server) their own key.
     """
     ssh = home / ".ssh"

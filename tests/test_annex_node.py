@@ -21,14 +21,14 @@ from node_conformance import BreakingSource, NodeConformance, NodeFactory, fetch
 from sshd import SSHDFactory, ssh_config_for
 
 import shared.p2p.io as p2p_io
+from shared.cluster.fanout import SourceFailed
 from shared.errors import ConfigError, IntegrityError, NodeError, PermissionDenied, Unavailable
-from shared.fanout import SourceFailed
 from shared.nodes import open_node
 from shared.nodes.annex import AnnexNode, parse_annex_url
 from shared.nodes.base import Node
 from shared.nodes.retry import RetryingNode
-from shared.nodeurl import parse_node
-from shared.ssh import SSHPool
+from shared.nodes.url import parse_node
+from shared.transport.ssh import SSHPool
 
 pytestmark = pytest.mark.timeout(180)
 

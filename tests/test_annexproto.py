@@ -1,4 +1,4 @@
-"""Scripted-conversation tests for shared.annexproto (no git-annex needed)."""
+"""Scripted-conversation tests for shared.annex.protocol (no git-annex needed)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.annexproto import AnnexMaster, Availability, Remote, RemoteError, escape, run
+from shared.annex.protocol import AnnexMaster, Availability, Remote, RemoteError, escape, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -352,7 +352,7 @@ def test_any_debug_message_is_one_line(message: str) -> None:
 SCRIPT = textwrap.dedent(
     """
     import subprocess, sys
-    from shared.annexproto import Remote, run
+    from shared.annex.protocol import Remote, run
 
     class Noisy(Remote):
         def initremote(self): pass

@@ -11,7 +11,8 @@ import pytest
 from faulty import FaultyNode, InjectedFault
 from node_conformance import make_key
 
-from shared.cluster import (
+from shared.annex.keys import Key
+from shared.cluster.core import (
     Cluster,
     GetAgain,
     PresenceUnknown,
@@ -19,11 +20,10 @@ from shared.cluster import (
     RetrieveFailed,
     StoreFailed,
 )
+from shared.cluster.fanout import BLOCK
 from shared.errors import ConfigError, IntegrityError, NotFound, PermissionDenied, Unavailable
-from shared.fanout import BLOCK
-from shared.keys import Key
 from shared.nodes.file import FileNode
-from shared.nodeurl import parse_node
+from shared.nodes.url import parse_node
 
 MakeCluster = Callable[..., tuple[Cluster, dict[str, FaultyNode]]]
 

@@ -52,8 +52,8 @@ from test_e2e_file_cluster import init_cluster
 from test_operators import accept_remote
 from test_proxy import PROXY, proxy_cli, session
 
-from shared.keys import Key
-from shared.placement import rendezvous_order
+from shared.annex.keys import Key
+from shared.cluster.placement import rendezvous_order
 
 pytestmark = pytest.mark.timeout(300)
 

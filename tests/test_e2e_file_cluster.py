@@ -222,7 +222,7 @@ def test_a_zero_byte_leftover_never_passes_for_the_only_copy(repo: Repo, tmp_pat
     disk) is not the key: `git annex move --to` must not drop the only copy on its word.
     Afterwards the node holds the right bytes, or the move failed and the local copy
     is still there."""
-    from shared.keys import Key
+    from shared.annex.keys import Key
 
     node = tmp_path / "nodes" / "n1"
     node.mkdir(parents=True)

@@ -19,8 +19,8 @@ from conftest import Client, Repo, make_repo
 from sshd import SSHD, SSHDFactory, ssh_config_for
 from test_e2e_file_cluster import init_cluster, objects_in, summary_of_testremote
 
-from shared.keys import Key
-from shared.placement import rendezvous_order
+from shared.annex.keys import Key
+from shared.cluster.placement import rendezvous_order
 
 pytestmark = pytest.mark.timeout(600)
 HOSTS = ("h1", "h2", "h3")

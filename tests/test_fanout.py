@@ -11,7 +11,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import pytest
 
-from shared.fanout import BLOCK, DEPTH, QueueReader, SourceFailed, fan_out
+from shared.cluster.fanout import BLOCK, DEPTH, QueueReader, SourceFailed, fan_out
 
 Consumer = Callable[[QueueReader], None]
 

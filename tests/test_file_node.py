@@ -24,13 +24,13 @@ from node_conformance import (
     plant_leftovers,
 )
 
+from shared.annex.keys import Key
+from shared.cluster.fanout import SourceFailed
 from shared.errors import ConfigError, IntegrityError, NoSpace, NotFound, Unavailable
-from shared.fanout import SourceFailed
-from shared.keys import Key
 from shared.nodes import open_node
 from shared.nodes.base import Node
 from shared.nodes.file import FileNode
-from shared.nodeurl import parse_node
+from shared.nodes.url import parse_node
 
 
 def file_node(root: Path, name: str = "disk") -> FileNode:

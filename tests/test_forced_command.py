@@ -41,7 +41,7 @@ from git_annex_remote_proxy.request import (
     from_args,
     from_ssh_command,
 )
-from shared.keys import Key
+from shared.annex.keys import Key
 from shared.p2p.io import APPENDONLY_ERROR, READONLY_ERROR, PeerRefused
 from shared.p2p.io import Client as P2PClient
 

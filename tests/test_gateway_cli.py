@@ -20,8 +20,8 @@ from test_proxy import P2PClient, Pipes
 
 from git_annex_remote_proxy.config import GatewayConfig
 from git_annex_remote_proxy.gateway import bad_copies_path
-from shared.badcopies import BadCopies
-from shared.cluster import Cluster
+from shared.cluster.badcopies import BadCopies
+from shared.cluster.core import Cluster
 from shared.nodes import open_node
 
 PROXY = str(VENV_BIN / "git-annex-remote-proxy")

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from git_annex_remote_proxy.gateway import ClusterBackend
-from shared.cluster import Cluster
-from shared.keys import Key
+from shared.annex.keys import Key
+from shared.cluster.core import Cluster
 from shared.nodes.file import FileNode
-from shared.nodeurl import parse_node
+from shared.nodes.url import parse_node
 
 
 def backend(dirs: list[Path], lock_dir: Path) -> ClusterBackend:

@@ -1,4 +1,4 @@
-"""Tests for shared.keys: unit, property, and compatibility with the real git-annex."""
+"""Tests for shared.annex.keys: unit, property, and compatibility with the real git-annex."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from shared.annex.keys import ContentVerifier, Key, parse_key
 from shared.errors import IntegrityError, InvalidKey
-from shared.keys import ContentVerifier, Key, parse_key
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 HEX40 = "0123456789abcdef0123456789abcdef01234567"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from conftest import Client, make_repo
 
-from shared import locationlog
-from shared.keys import Key
+from shared.annex import locationlog
+from shared.annex.keys import Key
 
 
 def test_present_uuids_takes_the_newest_line_per_uuid() -> None:

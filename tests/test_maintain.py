@@ -23,10 +23,11 @@ from test_e2e_file_cluster import init_cluster, objects_in
 from git_annex_remote_cluster import maintain
 from git_annex_remote_cluster.__main__ import main
 from git_annex_remote_proxy.config import GatewayConfig
-from shared.cluster import Cluster
-from shared.keys import Key
+from shared.annex.keys import Key
+from shared.cluster.core import Cluster
 from shared.nodes import open_node
-from shared.nodes.base import Layer, Node, Readable
+from shared.nodes.base import Layer, Node
+from shared.streams import Readable
 
 pytestmark = pytest.mark.timeout(600)
 CLUSTER = str(VENV_BIN / "git-annex-remote-cluster")

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from node_conformance import make_key, payload
 
-from shared.badcopies import BadCopies
-from shared.keys import Key
-from shared.mover import Mover, check_copy
-from shared.nodes.base import Layer, Node, Writable
+from shared.annex.keys import Key
+from shared.cluster.badcopies import BadCopies
+from shared.nodes.base import Layer, Node
 from shared.nodes.file import FileNode
-from shared.nodeurl import parse_node
-from shared.plan import Move
+from shared.nodes.url import parse_node
+from shared.ops.mover import Mover, check_copy
+from shared.ops.plan import Move
+from shared.streams import Writable
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -126,7 +126,7 @@ def test_force_accepts_the_shared_prefix_for_one_run_and_use_goes_on(
 
 
 def test_trust_log_newest_line_wins_and_the_journal_after_the_branch() -> None:
-    from shared.remotelog import parse_trust_log
+    from shared.annex.remotelog import parse_trust_log
 
     u, v, w = "u-1111-2222", "v-3333-4444", "w-5555-6666"
     branch = f"{u} 0 timestamp=20s\n{u} 1 timestamp=10s\n{v} X timestamp=5s\nnonsense\n"

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import ConfigError
-from shared.nodeurl import (
+from shared.nodes.url import (
     NodeSpec,
     NodeState,
     format_node_list,

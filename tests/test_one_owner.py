@@ -18,7 +18,7 @@ from test_e2e_file_cluster import init_cluster, objects_in
 
 from git_annex_remote_proxy.config import GatewayConfig
 from shared.nodes import open_node
-from shared.nodeurl import parse_node
+from shared.nodes.url import parse_node
 
 pytestmark = pytest.mark.timeout(300)
 CLUSTER = str(VENV_BIN / "git-annex-remote-cluster")

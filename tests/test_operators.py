@@ -13,8 +13,8 @@ import pytest
 from conftest import VENV_BIN, Client, Repo, make_repo
 from test_e2e_file_cluster import init_cluster, objects_in
 
-from shared.nodeedit import import_nodes
-from shared.nodeurl import NodeState
+from shared.nodes.url import NodeState
+from shared.ops.nodeedit import import_nodes
 
 pytestmark = pytest.mark.timeout(600)
 CLUSTER = str(VENV_BIN / "git-annex-remote-cluster")

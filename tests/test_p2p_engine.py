@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.keys import Key
+from shared.annex.keys import Key
 from shared.p2p import messages as m
 from shared.p2p.engine import (
     NEED_DATA,

@@ -17,9 +17,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from shared.annex.keys import ContentVerifier, Key
 from shared.errors import ClusterError, IntegrityError
-from shared.keys import ContentVerifier, Key
-from shared.nodes.base import Readable
 from shared.p2p import messages as m
 from shared.p2p.engine import (
     NEED_DATA,
@@ -43,6 +42,7 @@ from shared.p2p.io import (
     Server,
 )
 from shared.p2p.messages import Message
+from shared.streams import Readable
 
 pytestmark = pytest.mark.timeout(60)
 

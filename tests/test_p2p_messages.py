@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from shared.keys import Key
+from shared.annex.keys import Key
 from shared.p2p import messages as m
 from shared.p2p.messages import MAX_LINE, MalformedMessage, Message, decode_af, encode, parse
 

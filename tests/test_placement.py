@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.placement import rendezvous_order, score
+from shared.cluster.placement import rendezvous_order, score
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def test_order_is_a_permutation() -> None:
 
 _SCRIPT = """
 import json, sys
-from shared.placement import rendezvous_order
+from shared.cluster.placement import rendezvous_order
 class N:
     def __init__(self, name): self.name = name
 keys, nodes = json.load(sys.stdin)
@@ -164,7 +164,7 @@ def test_mismatched_weights_are_an_error() -> None:
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from shared.placement import spread_over_zones  # noqa: E402
+from shared.cluster.placement import spread_over_zones  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def test_zone_spread_is_the_same_in_another_process() -> None:
     code = (
         "import json, sys; sys.path.insert(0, 'tests'); sys.path.insert(0, '.');"
         "from test_placement import ZN, KEYS;"
-        "from shared.placement import rendezvous_order, spread_over_zones;"
+        "from shared.cluster.placement import rendezvous_order, spread_over_zones;"
         "nodes = [ZN(f'z{i}', 'ab'[i % 2] if i < 6 else None) for i in range(8)];"
         "print(json.dumps([[n.name for n in spread_over_zones(rendezvous_order(k, nodes, "
         "[1.0] * 8))] for k in KEYS[:200]]))"

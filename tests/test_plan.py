@@ -8,11 +8,11 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.inventory import Inventory
-from shared.keys import Key
-from shared.nodeurl import NodeSpec, NodeState, parse_node
-from shared.placement import rendezvous_order, spread_over_zones
-from shared.plan import make_plan
+from shared.annex.keys import Key
+from shared.cluster.placement import rendezvous_order, spread_over_zones
+from shared.nodes.url import NodeSpec, NodeState, parse_node
+from shared.ops.inventory import Inventory
+from shared.ops.plan import make_plan
 
 
 def key(i: int, size: int = 1000) -> str:

@@ -25,8 +25,8 @@ from test_e2e_file_cluster import summary_of_testremote
 from test_e2e_sftp_cluster import add_file
 
 from git_annex_remote_proxy.config import GatewayConfig
+from shared.annex.keys import Key
 from shared.errors import ConfigError
-from shared.keys import Key
 from shared.p2p.io import APPENDONLY_ERROR, READONLY_ERROR, PeerRefused
 from shared.p2p.io import Client as P2PClient
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from faulty import FaultyNode, InjectedFault
 
+from shared.annex.keys import Key
 from shared.errors import PermissionDenied, Unavailable
-from shared.keys import Key
 from shared.nodes.file import FileNode
 from shared.nodes.retry import RetryingNode
-from shared.nodeurl import parse_node
+from shared.nodes.url import parse_node
 
 DATA = bytes(range(256)) * 400
 KEY = Key.parse(f"SHA256E-s{len(DATA)}--{hashlib.sha256(DATA).hexdigest()}.bin")

@@ -17,7 +17,7 @@ from test_s3_node import BUCKET, CIPHER, base_of, fast_retries
 from shared.errors import NodeError, Unavailable
 from shared.nodes import open_node
 from shared.nodes.base import Node
-from shared.nodeurl import parse_node
+from shared.nodes.url import parse_node
 
 MiB = 1024 * 1024
 BIG = 12 * MiB + 333  # three parts of 5 MiB

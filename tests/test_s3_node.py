@@ -19,7 +19,7 @@ from shared.nodes.chunked import ChunkedNode
 from shared.nodes.encrypted import EncryptedNode
 from shared.nodes.retry import RetryingNode
 from shared.nodes.s3 import S3Node
-from shared.nodeurl import parse_node
+from shared.nodes.url import parse_node
 
 BUCKET = "nodes"
 CIPHER = Cipher.generate()
@@ -356,8 +356,8 @@ def test_url_keys_keep_their_slashes_dot_segments_never_reach_the_endpoint(
     """Objects are named as git-annex's S3 remote names them (fileprefix ++ key, '/'
     and all, so both read each other's URL keys); a key with a '.' or '..' segment is
     refused before any request, even one made without the parser's checks."""
+    from shared.annex.keys import Key
     from shared.errors import InvalidKey
-    from shared.keys import Key
 
     node = open_s3(server)
     url_key = Key.parse("URL--https://example.com/a//b/")

@@ -26,8 +26,8 @@ from shared.errors import ConfigError, NodeError, Unavailable
 from shared.nodes.base import Node
 from shared.nodes.retry import RetryingNode
 from shared.nodes.sftp import SFTPNode, parse_sftp_url
-from shared.nodeurl import parse_node
-from shared.ssh import SFTPSession, SSHPool
+from shared.nodes.url import parse_node
+from shared.transport.ssh import SFTPSession, SSHPool
 
 pytestmark = pytest.mark.timeout(120)
 

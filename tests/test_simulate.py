@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from git_annex_remote_cluster.__main__ import main
+from shared.cluster.placement import rendezvous_order, spread_over_zones
 from shared.errors import ConfigError
-from shared.placement import rendezvous_order, spread_over_zones
-from shared.simulate import (
+from shared.sim.simulate import (
     BalancedPicker,
     EventReport,
     Scenario,

@@ -1,4 +1,4 @@
-"""shared.ssh against real OpenSSH servers on 127.0.0.1 (see tests/sshd.py)."""
+"""shared.transport.ssh against real OpenSSH servers on 127.0.0.1 (see tests/sshd.py)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ import pytest
 from sshd import SSHD, SSHDFactory, ssh_config_for
 
 from shared.errors import PermissionDenied, Unavailable, is_transient
-from shared.ssh import HostKeyError, SSHPool, SSHTarget, is_connection_error, send_all
+from shared.transport.ssh import HostKeyError, SSHPool, SSHTarget, is_connection_error, send_all
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An isolated HOME (shared.ssh reads $HOME/.ssh/config) and no ssh agent."""
+    """An isolated HOME (shared.transport.ssh reads $HOME/.ssh/config) and no ssh agent."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))

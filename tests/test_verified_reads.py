@@ -13,13 +13,13 @@ import pytest
 from faulty import FaultyNode
 from node_conformance import make_key
 
-from shared.badcopies import BadCopies
-from shared.cluster import Cluster, GetAgain, PresenceUnknown, RetrieveFailed
+from shared.annex.keys import Key
+from shared.cluster.badcopies import BadCopies
+from shared.cluster.core import Cluster, GetAgain, PresenceUnknown, RetrieveFailed
 from shared.errors import IntegrityError, Unavailable
-from shared.keys import Key
-from shared.nodes.base import Writable
 from shared.nodes.file import FileNode
-from shared.nodeurl import parse_node
+from shared.nodes.url import parse_node
+from shared.streams import Writable
 
 BLOCK = 1024 * 1024
 
@@ -438,7 +438,7 @@ def test_a_resumable_store_replaces_a_noted_bad_copy(tmp_path: Path) -> None:
 
 
 def test_maintenance_does_not_count_or_copy_from_a_noted_bad_copy(tmp_path: Path) -> None:
-    from shared.mover import Mover
+    from shared.ops.mover import Mover
 
     nodes = {}
     for name in ("a", "b", "c"):
@@ -479,7 +479,7 @@ def test_a_proxy_remote_notes_no_bad_copy_of_its_gateway(tmp_path: Path) -> None
 def test_the_location_log_is_read_from_the_private_journal_too(tmp_path: Path) -> None:
     """Remotes made with initremote --private log to journal-private: an
     under-replicated key of such a remote is still recorded (fsck --from keeps it)."""
-    from shared.locationlog import records
+    from shared.annex.locationlog import records
 
     key = make_key(b"private")
     uuid = "11111111-2222-3333-4444-555555555555"

@@ -88,7 +88,7 @@ class Cipher:
 
     def encrypt_key(self, key: str) -> str:
         """git-annex's ``encryptKey``: the object name for ``key`` on the remote."""
-        # Non-UTF-8 bytes in keys travel as surrogateescape surrogates (shared.keys).
+        # Non-UTF-8 bytes in keys travel as surrogateescape surrogates (shared.annex.keys).
         message = key.encode("utf-8", "surrogateescape")
         digest = hmac.new(self.mac_key, message, MACS[self.mac]).hexdigest()
         return f"GPG{self.mac}--{digest}"

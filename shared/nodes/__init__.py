@@ -14,7 +14,7 @@ from dataclasses import replace
 from shared.errors import ConfigError
 from shared.nodes.base import Node, Usage
 from shared.nodes.owner import Ownership
-from shared.nodeurl import NodeSpec, parse_size
+from shared.nodes.url import NodeSpec, parse_size
 
 __all__ = [
     "LAYER_PARAMS",

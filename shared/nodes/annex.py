@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 import paramiko
 
+from shared.annex.keys import Key
 from shared.errors import (
     ClusterError,
     ConfigError,
@@ -39,19 +40,12 @@ from shared.errors import (
     Unavailable,
     Unsupported,
 )
-from shared.keys import Key
-from shared.nodes.base import (
-    CHEAP_COST,
-    EXPENSIVE_COST,
-    UNKNOWN_SIZE,
-    Node,
-    Readable,
-    Writable,
-)
-from shared.nodeurl import NodeSpec
+from shared.nodes.base import CHEAP_COST, EXPENSIVE_COST, UNKNOWN_SIZE, Node
+from shared.nodes.url import NodeSpec
 from shared.p2p.engine import ProtocolError
 from shared.p2p.io import APPENDONLY_ERROR, READONLY_ERROR, Client, ConnectionLost, PeerRefused
-from shared.ssh import SSHPool, SSHTarget, default_pool, send_all
+from shared.streams import Readable, Writable
+from shared.transport.ssh import SSHPool, SSHTarget, default_pool, send_all
 
 # Who we are to the node's git-annex-shell (it records transfers under this UUID)
 # when the caller does not say; the cluster remote passes its own UUID.

@@ -39,52 +39,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
+from shared.annex.keys import Key
 from shared.errors import BadReplica, IntegrityError, InvalidKey, Unsupported
-from shared.keys import Key
-from shared.nodeurl import NodeSpec
+from shared.nodes.url import NodeSpec
+from shared.streams import BLOCK, Readable, Writable
 
 # Default costs follow git-annex's scale: cheap local 100, semi-cheap 110, expensive 200.
 CHEAP_COST = 100
 EXPENSIVE_COST = 200
-
-
-class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
-
-
-class Writable(Protocol):
-    def write(self, data: bytes, /) -> object: ...
-
-
-BLOCK = 1024 * 1024
-
-
-class CountingSink:
-    """Counts what reached the sink, so a download that fails over or is retried
-    continues where it stopped."""
-
-    def __init__(self, sink: Writable) -> None:
-        self.sink = sink
-        self.count = 0
-
-    def write(self, data: bytes) -> None:
-        self.sink.write(data)
-        self.count += len(data)
-
-
-def read_up_to(source: Readable, n: int) -> bytes:
-    """Exactly ``n`` bytes unless the source ends first (streams may return short reads)."""
-    pieces = []
-    got = 0
-    while got < n:
-        block = source.read(n - got)
-        if not block:
-            break
-        pieces.append(block)
-        got += len(block)
-    return b"".join(pieces)
 
 
 UNKNOWN_SIZE = -1  # present, size not known (see the contract above)

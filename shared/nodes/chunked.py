@@ -26,18 +26,10 @@ import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+from shared.annex.keys import Key
 from shared.errors import BadReplica, IntegrityError, NodeError, NotFound
-from shared.keys import Key
-from shared.nodes.base import (
-    UNKNOWN_SIZE,
-    KnownKeys,
-    Layer,
-    Node,
-    Readable,
-    Writable,
-    check_size,
-    read_up_to,
-)
+from shared.nodes.base import UNKNOWN_SIZE, KnownKeys, Layer, Node, check_size
+from shared.streams import Readable, Writable, read_up_to
 
 # Chunks up to this size are read into memory and stored several at a time
 # (small objects are latency-bound); larger ones stream, one at a time.

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from shared.annex.keys import Key
 from shared.crypto import Cipher, Decryptor, EncryptingReader, encrypted_size
 from shared.errors import BadReplica, IntegrityError, Unsupported
-from shared.keys import Key
-from shared.nodes.base import UNKNOWN_SIZE, KnownKeys, Layer, Node, Readable, Writable
+from shared.nodes.base import UNKNOWN_SIZE, KnownKeys, Layer, Node
+from shared.streams import Readable, Writable
 
 # The smallest OpenPGP message a passphrase decrypts (RFC 4880): a symmetric-key
 # session key packet (2 bytes of header, version, cipher, a 2-byte S2K: 6) and an

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from shared.annex.keys import Key
 from shared.errors import (
     ConfigError,
     NodeError,
@@ -31,17 +32,7 @@ from shared.errors import (
     from_oserror,
     wrong_content,
 )
-from shared.keys import Key
-from shared.nodes.base import (
-    BLOCK,
-    CHEAP_COST,
-    Node,
-    Readable,
-    Usage,
-    Writable,
-    check_size,
-    copy_exact,
-)
+from shared.nodes.base import CHEAP_COST, Node, Usage, check_size, copy_exact
 from shared.nodes.owner import MARKER, MARKER_MAX, marker_text, parse_marker
 from shared.nodes.tmpnames import (
     claim_name,
@@ -51,7 +42,8 @@ from shared.nodes.tmpnames import (
     resume_name,
     unsettled,
 )
-from shared.nodeurl import NodeSpec
+from shared.nodes.url import NodeSpec
+from shared.streams import BLOCK, Readable, Writable
 
 
 class FileNode(Node):

@@ -24,9 +24,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shared.annex.keys import Key
 from shared.errors import NotOwner
-from shared.keys import Key
-from shared.nodes.base import Layer, Node, Readable, Writable
+from shared.nodes.base import Layer, Node
+from shared.streams import Readable, Writable
 
 MARKER = ".cluster-owner"
 MARKER_MAX = 4096  # bytes read of a marker: anything longer is not ours

@@ -23,9 +23,10 @@ from tenacity import (
     wait_random,
 )
 
+from shared.annex.keys import Key
 from shared.errors import Unavailable, is_transient
-from shared.keys import Key
-from shared.nodes.base import CountingSink, Layer, Node, Readable, Writable
+from shared.nodes.base import Layer, Node
+from shared.streams import CountingSink, Readable, Writable
 
 T = TypeVar("T")
 

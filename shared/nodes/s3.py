@@ -35,6 +35,7 @@ from tenacity import (
     wait_random,
 )
 
+from shared.annex.keys import Key
 from shared.errors import (
     ConfigError,
     IntegrityError,
@@ -46,18 +47,10 @@ from shared.errors import (
     Unavailable,
     Unsupported,
 )
-from shared.keys import Key
-from shared.nodes.base import (
-    BLOCK,
-    KnownKeys,
-    Node,
-    Readable,
-    Writable,
-    check_size,
-    read_up_to,
-)
+from shared.nodes.base import KnownKeys, Node, check_size
 from shared.nodes.owner import MARKER, MARKER_MAX, marker_text, parse_marker
-from shared.nodeurl import NodeSpec, parse_size
+from shared.nodes.url import NodeSpec, parse_size
+from shared.streams import BLOCK, Readable, Writable, read_up_to
 
 T = TypeVar("T")
 
@@ -256,7 +249,7 @@ class S3Node(Node):
     def _object(self, key: Key) -> str:
         """``prefix + key``, as git-annex's S3 remote names objects; raises Unsupported
         for keys S3 cannot name (not UTF-8). Keys may hold ``/`` (URL keys), never a
-        ``.`` or ``..`` segment (``shared.keys``, checked again here): no name leaves
+        ``.`` or ``..`` segment (``shared.annex.keys``, checked again here): no name leaves
         the prefix, even through a server that normalises paths."""
         text = str(key)
         if "/." in text and any(seg in (".", "..") for seg in text.split("/")):
@@ -697,7 +690,7 @@ def adopt_annex_remote(spec: NodeSpec, cwd: Path | None = None) -> NodeSpec:
     S3 remote named by ``annexremote=``, so both read and write the same objects."""
     from dataclasses import replace
 
-    from shared.remotelog import annex_remote_config
+    from shared.annex.remotelog import annex_remote_config
 
     params = dict(spec.params)
     name = params.pop("annexremote")

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import paramiko
 
+from shared.annex.keys import Key
 from shared.errors import (
     ConfigError,
     IntegrityError,
@@ -35,16 +36,7 @@ from shared.errors import (
     from_oserror,
     wrong_content,
 )
-from shared.keys import Key
-from shared.nodes.base import (
-    BLOCK,
-    EXPENSIVE_COST,
-    Node,
-    Readable,
-    Usage,
-    Writable,
-    check_size,
-)
+from shared.nodes.base import EXPENSIVE_COST, Node, Usage, check_size
 from shared.nodes.owner import MARKER, MARKER_MAX, marker_text, parse_marker
 from shared.nodes.tmpnames import (
     abandoned_claims,
@@ -54,8 +46,9 @@ from shared.nodes.tmpnames import (
     resume_name,
     unsettled,
 )
-from shared.nodeurl import NodeSpec
-from shared.ssh import (
+from shared.nodes.url import NodeSpec
+from shared.streams import BLOCK, Readable, Writable
+from shared.transport.ssh import (
     SFTPSession,
     SSHConnection,
     SSHPool,

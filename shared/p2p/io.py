@@ -13,9 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from shared.annex.keys import Key
 from shared.errors import ClusterError, wrong_content
-from shared.keys import Key
-from shared.nodes.base import Readable, Writable
 from shared.p2p import messages as m
 from shared.p2p.engine import (
     BadRequest,
@@ -29,6 +28,7 @@ from shared.p2p.engine import (
     _NeedData,
 )
 from shared.p2p.messages import MAX_VERSION, Message
+from shared.streams import Readable, Writable
 
 BLOCK = 256 * 1024  # payload bytes per send; bounded whatever the object size
 RECV = 256 * 1024

@@ -20,8 +20,8 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shared.annex.keys import Key
 from shared.errors import InvalidKey
-from shared.keys import Key
 
 MAX_LINE = 32 * 1024  # git-annex gives up on a line this long without a newline
 MAX_VERSION = 4

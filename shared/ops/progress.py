@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TextIO
 
-from shared.nodecli import human_size
+from shared.ops.nodecli import human_size
 
 
 class Progress:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.errors import ConfigError
-from shared.simulate import ALGORITHMS, EventReport
+from shared.sim.simulate import ALGORITHMS, EventReport
 
 _UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
 

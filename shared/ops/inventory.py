@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from shared.annex.keys import Key
 from shared.errors import ClusterError, Unsupported
-from shared.keys import Key
 from shared.nodes.base import KnownKeys, Node
 
 Listed = Callable[[str, int], None]  # (node name, keys listed so far), for progress

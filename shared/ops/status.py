@@ -4,7 +4,7 @@
 exit status; each program says what it shows (``Shown``).
 
 The keys' health (how many keys are short of ``copies`` or ``mincopies``, the bad
-copies reads noted) is ``shared.maintaincli.key_health``, from one listing of every
+copies reads noted) is ``shared.ops.maintaincli.key_health``, from one listing of every
 node.
 """
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ClusterError
-from shared.nodecli import human_size, table
-from shared.nodeedit import describe
 from shared.nodes import open_node
 from shared.nodes.owner import plain
-from shared.nodeurl import NodeSpec
+from shared.nodes.url import NodeSpec
+from shared.ops.nodecli import human_size, table
+from shared.ops.nodeedit import describe
 
 
 @dataclass

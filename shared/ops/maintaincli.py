@@ -3,7 +3,7 @@
 The same commands serve a cluster remote (``git-annex-remote-cluster rebalance
 REMOTE``) and a gateway's target (``git-annex-remote-proxy gateway rebalance
 TARGET``); each program says what its subject is (``Subject``). All three start
-from an inventory of what every node holds (``shared.inventory``) and act on the
+from an inventory of what every node holds (``shared.ops.inventory``) and act on the
 nodes directly; the git-annex branch does not change, since the cluster as a whole
 holds the same keys before and after.
 """
@@ -19,19 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.badcopies import BadCopies
-from shared.cluster import error_line
+from shared.annex.keys import Key
+from shared.cluster.badcopies import BadCopies
+from shared.cluster.core import error_line
 from shared.errors import ClusterError, ConfigError, NotOwner
-from shared.inventory import Inventory, take_inventory
-from shared.keys import Key
-from shared.mover import CheckResult, Mover, MoveResult, check_copy
-from shared.nodecli import human_size, table
 from shared.nodes import Node
 from shared.nodes.base import KnownKeys
 from shared.nodes.owner import plain
-from shared.nodeurl import NodeSpec, NodeState
-from shared.plan import Plan, make_plan
-from shared.progress import Progress
+from shared.nodes.url import NodeSpec, NodeState
+from shared.ops.inventory import Inventory, take_inventory
+from shared.ops.mover import CheckResult, Mover, MoveResult, check_copy
+from shared.ops.nodecli import human_size, table
+from shared.ops.plan import Plan, make_plan
+from shared.ops.progress import Progress
 
 DEFAULT_JOBS = 2
 
@@ -114,7 +114,7 @@ class Subject:
     logged: Logged | None = None
     sized: Sized | None = None
     mincopies: int | None = None
-    bad: BadCopies | None = None  # the bad copies reads found (shared.badcopies)
+    bad: BadCopies | None = None  # the bad copies reads found (shared.cluster.badcopies)
     claiming: bool = False  # the command writes: unowned nodes are claimed first
     owner: str | None = None  # the subject's UUID: nodes another owns are left alone
     describe: Callable[[str], str] = plain  # how to name another owner (its remote)

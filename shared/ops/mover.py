@@ -20,15 +20,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from shared.badcopies import BadCopies
-from shared.cluster import error_line
+from shared.annex.keys import Key
+from shared.cluster.badcopies import BadCopies
+from shared.cluster.core import error_line
+from shared.cluster.fanout import DEPTH, QueueReader
+from shared.cluster.verify import VerifiedReader, VerifyingSink
 from shared.errors import BadReplica, ClusterError, IntegrityError, NotFound
-from shared.fanout import DEPTH, QueueReader
-from shared.keys import Key
-from shared.nodes.base import BLOCK, UNKNOWN_SIZE, CountingSink, Node
-from shared.plan import Move
-from shared.progress import Progress
-from shared.verify import VerifiedReader, VerifyingSink
+from shared.nodes.base import UNKNOWN_SIZE, Node
+from shared.ops.plan import Move
+from shared.ops.progress import Progress
+from shared.streams import BLOCK, CountingSink
 
 
 class Stopped(Exception):

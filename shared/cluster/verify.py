@@ -16,9 +16,9 @@ import os
 from collections.abc import Callable
 from typing import BinaryIO
 
+from shared.annex.keys import ContentVerifier, Key
 from shared.errors import BadReplica, IntegrityError
-from shared.keys import ContentVerifier, Key
-from shared.nodes.base import BLOCK, CountingSink, Readable
+from shared.streams import BLOCK, CountingSink, Readable
 
 Progress = Callable[[int], None]
 

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.keys import Key
+from shared.annex.keys import Key
 
 
 def bad_copies_path(git_dir: Path, remote_uuid: str) -> Path:

@@ -13,7 +13,7 @@ import queue
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 
-from shared.nodes.base import Readable
+from shared.streams import Readable
 
 BLOCK = 1024 * 1024
 DEPTH = 8  # blocks buffered per consumer: memory is at most consumers * DEPTH * BLOCK

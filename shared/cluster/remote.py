@@ -1,7 +1,7 @@
-"""An external special remote over a ``shared.cluster.Cluster``: ``externaltype=cluster``,
+"""An external special remote over a ``shared.cluster.core.Cluster``: ``externaltype=cluster``,
 and (with one gateway node) the base of ``externaltype=proxy``.
 
-This class only translates between git-annex's requests and ``shared.cluster``;
+This class only translates between git-annex's requests and ``shared.cluster.core``;
 placement, transfers and the data-safety rules live below it. Subclasses say
 where the node list comes from (``node_specs``).
 """
@@ -14,22 +14,10 @@ from typing import Literal
 
 from annexremote import RemoteError
 
-from shared.annexproto import AnnexMaster, Remote
-from shared.badcopies import BadCopies, bad_copies_path
-from shared.cluster import (
-    Cluster,
-    PresenceUnknown,
-    RemoveFailed,
-    RetrieveFailed,
-    StoreFailed,
-)
-from shared.errors import ClusterError, InvalidKey, PermissionDenied
-from shared.keys import Key
-from shared.locationlog import records
-from shared.nodes import Node, generate_ciphers, open_node, with_ciphers
-from shared.nodes.owner import Ownership, refusal
-from shared.nodeurl import NodeSpec, parse_node_list
-from shared.remotelog import (
+from shared.annex.keys import Key
+from shared.annex.locationlog import records
+from shared.annex.protocol import AnnexMaster, Remote
+from shared.annex.remotelog import (
     DEAD,
     SEMITRUSTED,
     TRUSTED,
@@ -39,6 +27,18 @@ from shared.remotelog import (
     remote_names,
     trust_levels,
 )
+from shared.cluster.badcopies import BadCopies, bad_copies_path
+from shared.cluster.core import (
+    Cluster,
+    PresenceUnknown,
+    RemoveFailed,
+    RetrieveFailed,
+    StoreFailed,
+)
+from shared.errors import ClusterError, InvalidKey, PermissionDenied
+from shared.nodes import Node, generate_ciphers, open_node, with_ciphers
+from shared.nodes.owner import Ownership, refusal
+from shared.nodes.url import NodeSpec, parse_node_list
 
 CONFIGS = {
     "nodes": "the cluster's nodes, whitespace-separated NAME=URL entries "
@@ -125,7 +125,7 @@ _MARKED = ("file", "sftp", "s3")  # nodes whose storage records its owner
 class ClusterRemote(Remote):
     # ORDERED: retrieve writes its file sequentially, so git-annex hashes it as it
     # grows instead of reading it again afterwards. Bytes of a bad copy may be seen
-    # that way: the attempt then fails (see shared.verify.VerifiedFile), and a REMOVE
+    # that way: the attempt then fails (see shared.cluster.verify.VerifiedFile), and a REMOVE
     # answering them removes only the bad copies (Cluster.remove_bad_copies).
     ordered = True
     #: bad copies found by reads are noted (read last, replaced by the next store);
@@ -192,7 +192,7 @@ class ClusterRemote(Remote):
 
     def _bad_copies_path(self) -> Path | None:
         """``.git/annex/cluster/<remote uuid>/bad-copies``: the bad copies this clone's
-        reads found, read by ``status`` and ``fsck`` (see ``shared.badcopies``)."""
+        reads found, read by ``status`` and ``fsck`` (see ``shared.cluster.badcopies``)."""
         try:
             return bad_copies_path(self._git_dir(), self._uuid())
         except Exception:  # a git-annex that cannot tell: keep them in memory

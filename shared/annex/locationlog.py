@@ -19,8 +19,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from shared.annex.keys import Key
 from shared.errors import ConfigError, InvalidKey
-from shared.keys import Key
 
 BRANCH = "git-annex"
 

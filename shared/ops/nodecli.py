@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ConfigError, NodeError, NotOwner, Unsupported
-from shared.nodeedit import add_node, describe, export_nodes, import_nodes, remove_node, set_node
 from shared.nodes import LAYER_PARAMS, Node, open_node, open_storage
 from shared.nodes.owner import Ownership, refusal
-from shared.nodeurl import NodeSpec
+from shared.nodes.url import NodeSpec
+from shared.ops.nodeedit import (
+    add_node,
+    describe,
+    export_nodes,
+    import_nodes,
+    remove_node,
+    set_node,
+)
 
 
 def add_parsers(sub: Any, owner: str) -> None:

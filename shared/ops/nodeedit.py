@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from shared.errors import ConfigError
-from shared.nodeurl import (
+from shared.nodes.url import (
     COMMON_ATTRS,
     NodeSpec,
     NodeState,

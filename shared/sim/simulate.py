@@ -12,7 +12,7 @@ nodes fill up in the order keys are visited.
 
 - ``rendezvous`` is ours: the first ``copies`` nodes of the key's weighted
   rendezvous order over the nodes that take new data, spread over zones, passing
-  over nodes a key would overfill (``shared.placement``, the code stores use).
+  over nodes a key would overfill (``shared.cluster.placement``, the code stores use).
 - ``balanced`` is git-annex's ``balanced=group:copies`` (``Annex/Balanced.hs``,
   ``Limit.hs``; see ``BalancedPicker``). Weights and zones do not exist there. A
   drained or lost node is taken out of the group (``git annex ungroup``).
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shared.cluster.placement import _encode, _score, spread_over_zones
 from shared.errors import ConfigError
-from shared.nodeurl import parse_size
-from shared.placement import _encode, _score, spread_over_zones
+from shared.nodes.url import parse_size
 
 ALGORITHMS = ("rendezvous", "balanced")
 ACTIONS = ("add", "drain", "lose", "weight", "fill")

@@ -17,7 +17,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
 
-from shared.badcopies import BadCopies
+from shared.annex.keys import Key
+from shared.cluster.badcopies import BadCopies
+from shared.cluster.fanout import QueueReader, fan_out
+from shared.cluster.placement import rendezvous_order, spread_over_zones
+from shared.cluster.verify import (
+    CheckedStream,
+    Progress,
+    VerifiedFile,
+    VerifiedReader,
+    VerifyingSink,
+)
 from shared.errors import (
     BadReplica,
     ClusterError,
@@ -27,26 +37,9 @@ from shared.errors import (
     NotFound,
     wrong_content,
 )
-from shared.fanout import QueueReader, fan_out
-from shared.keys import Key
-from shared.nodes.base import (
-    UNKNOWN_SIZE,
-    CountingSink,
-    Layer,
-    Node,
-    Readable,
-    Usage,
-    Writable,
-)
-from shared.nodeurl import DEFAULT_RESERVE
-from shared.placement import rendezvous_order, spread_over_zones
-from shared.verify import (
-    CheckedStream,
-    Progress,
-    VerifiedFile,
-    VerifiedReader,
-    VerifyingSink,
-)
+from shared.nodes.base import UNKNOWN_SIZE, Layer, Node, Usage
+from shared.nodes.url import DEFAULT_RESERVE
+from shared.streams import CountingSink, Readable, Writable
 
 USAGE_TTL = 5.0  # seconds a node's free space is trusted before it is asked again
 

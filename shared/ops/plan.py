@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shared.inventory import Inventory
-from shared.nodeurl import NodeSpec, NodeState
-from shared.placement import rendezvous_order, spread_over_zones
+from shared.cluster.placement import rendezvous_order, spread_over_zones
+from shared.nodes.url import NodeSpec, NodeState
+from shared.ops.inventory import Inventory
 
 
 @dataclass(frozen=True)

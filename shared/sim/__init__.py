@@ -1,0 +1,1 @@
+"""The placement simulator (what a node-list change would move) and its plot."""

@@ -1,0 +1,45 @@
+"""Byte streams as every layer passes them: what a node reads from and writes to, what
+the P2P protocol sends, what a cluster's download and a gateway's upload go through.
+Below the nodes and the protocols, which all use them; knows nothing of keys.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+BLOCK = 1024 * 1024
+
+
+class CountingSink:
+    """Counts what reached the sink, so a download that fails over or is retried
+    continues where it stopped."""
+
+    def __init__(self, sink: Writable) -> None:
+        self.sink = sink
+        self.count = 0
+
+    def write(self, data: bytes) -> None:
+        self.sink.write(data)
+        self.count += len(data)
+
+
+def read_up_to(source: Readable, n: int) -> bytes:
+    """Exactly ``n`` bytes unless the source ends first (streams may return short reads)."""
+    pieces = []
+    got = 0
+    while got < n:
+        block = source.read(n - got)
+        if not block:
+            break
+        pieces.append(block)
+        got += len(block)
+    return b"".join(pieces)

@@ -16,7 +16,9 @@ from node_conformance import make_key
 from shared.annex.keys import Key
 from shared.cluster.badcopies import BadCopies
 from shared.cluster.core import Cluster, GetAgain, PresenceUnknown, RetrieveFailed
+from shared.crypto.cipher import Cipher
 from shared.errors import IntegrityError, Unavailable
+from shared.nodes.encrypted import EncryptedNode
 from shared.nodes.file import FileNode
 from shared.nodes.url import parse_node
 from shared.streams import Writable
@@ -490,3 +492,50 @@ def test_the_location_log_is_read_from_the_private_journal_too(tmp_path: Path) -
     (journal / path.replace("_", "__").replace("/", "_")).write_text(f"1700000000s 1 {uuid}\n")
     assert records(key, uuid, git_dir) is True
     assert records(key, "99999999-2222-3333-4444-555555555555", git_dir) is False
+
+
+def test_a_restart_that_was_not_for_wrong_content_does_not_fail_the_get(
+    tmp_path: Path,
+) -> None:
+    """A key without a size, on nodes that cannot tell sizes (encrypted): after a
+    node fails mid-way the next one must start over, beside git-annex's file. What
+    git-annex read there was right, so the get succeeds (it used to fail with
+    GetAgain on every attempt, with the right content in place)."""
+    cipher = Cipher(random.Random(5).randbytes(256) + b"passphrase-for-the-test", "HMACSHA256")
+    nodes = []
+    for i in range(2):
+        (tmp_path / f"n{i}").mkdir()
+        spec = parse_node(f"n{i}=file://{tmp_path}/n{i}?cost={10 + i}")
+        nodes.append(FaultyNode(EncryptedNode(FileNode(spec), cipher)))
+    cluster = Cluster(nodes, copies=2)
+    data = content(3 * BLOCK + 5)
+    key = Key.parse("URL--http&c%%example.com%big")
+    for node in nodes:
+        node.inner.store(key, io.BytesIO(data), len(data))
+    nodes[0].fail("retrieve", Unavailable, after_bytes=BLOCK, times=1)
+    dest = tmp_path / "tmpobj"
+    assert cluster.retrieve(key, str(dest)) == "n1"
+    assert dest.read_bytes() == data
+    cluster.close()
+
+
+def test_a_git_annex_proxy_never_sees_a_byte_before_it_proved_right(tmp_path: Path) -> None:
+    """A git-annex proxy streams its temp file as it grows and says VALID whatever
+    the get's outcome: there, the bytes go beside it until they proved right."""
+    dest = tmp_path / ".git" / "annex" / "othertmp" / "proxy.0" / "KEY"
+    dest.parent.mkdir(parents=True)
+    nodes = []
+    for i in range(2):
+        (tmp_path / f"w{i}").mkdir()
+        spec = parse_node(f"w{i}=file://{tmp_path}/w{i}?cost={10 + i}")
+        nodes.append(_Watching(FileNode(spec), dest))
+    cluster = Cluster(nodes, copies=2)
+    data = content(70_000)
+    key = make_key(data)
+    rot(nodes[0], key, data)
+    put(nodes[1], key, data)
+    assert cluster.retrieve(key, str(dest)) == "w1"  # no failed attempt
+    assert nodes[0].seen == [b""] and nodes[1].seen == [b""]
+    assert dest.read_bytes() == data
+    assert not dest.with_name("KEY.cluster-part").exists()
+    cluster.close()

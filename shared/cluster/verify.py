@@ -155,9 +155,13 @@ class VerifiedFile:
                 os.unlink(self._part)
         except FileNotFoundError:
             pass
-        self._f: BinaryIO = open(path, "a+b")  # noqa: SIM115 - closed by __exit__
-        self._aside = False  # writing to the side file: git-annex saw other bytes
+        # A git-annex proxy streams the file as it grows and says VALID whatever the
+        # get's outcome; a client that does not verify would keep a bad copy's bytes.
+        # So for a proxy, every byte goes to the side file until it proved right.
+        self._aside = _proxied(path)  # writing to the side file
+        self._shown = 0  # bytes of git-annex's file it may have read before they were dropped
         self._published = False
+        self._f: BinaryIO = open(self._part if self._aside else path, "a+b")  # noqa: SIM115
         self._key, self._progress = key, progress
         self._verifier = ContentVerifier(key)
         self._pending = False  # discard() called, nothing written since
@@ -179,7 +183,8 @@ class VerifiedFile:
     def complete(self) -> bool:
         """Whether the file already holds the key's whole content (a retried get after
         the right content was put in place): checked, so nothing need be read."""
-        if self._pending or self._key.size is None or self._f.tell() != self._key.size:
+        size = self._key.content_size
+        if self._pending or size is None or self._f.tell() != size:
             return False
         try:
             self._verifier.verify()
@@ -192,6 +197,7 @@ class VerifiedFile:
         file is not touched again once it held bytes; the side file starts over."""
         self._report(-self._f.tell())
         if not self._aside and self._f.tell() > 0:
+            self._shown = self._f.tell()
             self._f.close()
             self._f = open(self._part, "w+b")  # noqa: SIM115 - closed by __exit__
             self._aside = True
@@ -213,7 +219,7 @@ class VerifiedFile:
         byte may outlive it, and git-annex's file no longer matters for this attempt)."""
         if self._pending:
             self.restart()
-            if self._aside:
+            if self._shown:
                 os.truncate(self._path, 0)
 
     def whole_from(self, node: str) -> bool:
@@ -251,13 +257,17 @@ class VerifiedFile:
             raise BadReplica(str(e)) from None
 
     def publish(self) -> bool:
-        """Hand the bytes to git-annex, in the file it asked for. True: it saw other
-        bytes there during this attempt, which must fail (see the class docstring)."""
+        """Hand the bytes to git-annex, in the file it asked for. True: it may have read
+        other bytes there during this attempt, which must fail (see the class
+        docstring); not when what it may have read is a prefix of these (a restart
+        that was not for wrong content, such as a size a node could not tell)."""
         self._f.flush()
-        if self._aside:
-            os.replace(self._part, self._path)
         self._published = True
-        return self._aside
+        if not self._aside:
+            return False
+        differs = self._shown > 0 and not _same_prefix(self._path, self._part, self._shown)
+        os.replace(self._part, self._path)
+        return differs
 
     def __enter__(self) -> VerifiedFile:
         return self
@@ -275,3 +285,24 @@ class VerifiedFile:
                 os.replace(self._part, self._path)  # a good prefix: git-annex resumes it
         except FileNotFoundError:
             pass
+
+
+def _proxied(path: str) -> bool:
+    """Whether ``path`` is the temp file of a git-annex proxying this remote to its
+    clients (``.git/annex/othertmp/proxy.N/KEY``, git-annex 10.20240701 and later)."""
+    parent = os.path.dirname(path)
+    return os.path.basename(parent).startswith("proxy") and (
+        os.path.basename(os.path.dirname(parent)) == "othertmp"
+    )
+
+
+def _same_prefix(a: str, b: str, length: int) -> bool:
+    """Whether the first ``length`` bytes of two files are the same."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        left = length
+        while left > 0:
+            x, y = fa.read(min(BLOCK, left)), fb.read(min(BLOCK, left))
+            if x != y or not x:
+                return False
+            left -= len(x)
+    return True

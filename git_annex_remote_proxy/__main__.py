@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         "forced command (the client's command is read from SSH_ORIGINAL_COMMAND)",
     )
 
+    _http_parsers(sub)
+
     gw = sub.add_parser("gateway", help="manage the gateway's targets")
     gsub = gw.add_subparsers(dest="action", required=True)
     add = gsub.add_parser("add", help="add a target, or change an existing one's nodes")
@@ -90,6 +92,140 @@ def _parser() -> argparse.ArgumentParser:
     maintaincli.add_parsers(gsub, "target")
     _config_everywhere(gw)
     return p
+
+
+def _http_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``http`` (git-annex p2phttp's option names) and ``http-users``."""
+    http = sub.add_parser(
+        "http",
+        help="serve every target over git-annex's P2P protocol over HTTP (annex+http)",
+    )
+    http.add_argument("--config", type=Path, help="gateway configuration (TOML)")
+    http.add_argument(
+        "--users", type=Path, help="users file (default: http-users.json beside the config)"
+    )
+    http.add_argument("--bind", default="0.0.0.0", help="address to listen on (default: all)")
+    http.add_argument("--port", type=int, default=9417, help="port (default: 9417)")
+    http.add_argument("--socket", type=Path, help="listen on this unix socket instead")
+    http.add_argument("--certfile", type=Path, help="TLS certificate (with --privatekeyfile)")
+    http.add_argument("--privatekeyfile", type=Path, help="TLS private key")
+    http.add_argument("--chainfile", type=Path, help="TLS certificate chain")
+    http.add_argument(
+        "--jobs", "-J", type=int, default=16, help="concurrent requests (default: 16)"
+    )
+    http.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds a connection may stay silent mid-request (default: 60)",
+    )
+    http.add_argument(
+        "--auth-http",
+        action="store_true",
+        help="accept credentials over plain HTTP too (insecure: basic auth is not encrypted)",
+    )
+    http.add_argument(
+        "--wideopen", action="store_true", help="anyone may do anything, no credentials"
+    )
+    http.add_argument(
+        "--unauth-readonly", action="store_true", help="anyone may read without credentials"
+    )
+    http.add_argument(
+        "--unauth-appendonly",
+        action="store_true",
+        help="anyone may read and store without credentials",
+    )
+    http.add_argument(
+        "--unauth-nolocking",
+        action="store_true",
+        help="with --unauth-*: no content locking without credentials",
+    )
+
+    users = sub.add_parser("http-users", help="manage the users of 'http'")
+    users.add_argument("--config", type=Path, help="gateway configuration (TOML)")
+    users.add_argument(
+        "--users", type=Path, help="users file (default: http-users.json beside the config)"
+    )
+    usub = users.add_subparsers(dest="action", required=True)
+    add = usub.add_parser(
+        "add",
+        help="add a user or change one (the password is read from stdin, one line, or "
+        "asked on the terminal)",
+    )
+    add.add_argument("user")
+    add.add_argument(
+        "--access", choices=("readwrite", "appendonly", "readonly"), default="readwrite"
+    )
+    add.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        help="limit the user to this target (repeat for more; default: every target)",
+    )
+    rm = usub.add_parser("remove", help="remove a user")
+    rm.add_argument("user")
+    usub.add_parser("list", help="list the users (never their passwords)")
+
+
+def _http(args: argparse.Namespace) -> int:
+    from git_annex_remote_proxy import httpserver, httpusers
+
+    policy = httpusers.Policy(
+        auth_http=args.auth_http,
+        wideopen=args.wideopen,
+        unauth_readonly=args.unauth_readonly,
+        unauth_appendonly=args.unauth_appendonly,
+        unauth_nolocking=args.unauth_nolocking,
+    )
+    opts = httpserver.Options(
+        config=args.config,
+        users=args.users,
+        bind=args.bind,
+        port=args.port,
+        socket=args.socket,
+        certfile=args.certfile,
+        privatekeyfile=args.privatekeyfile,
+        chainfile=args.chainfile,
+        jobs=max(1, args.jobs),
+        timeout=args.timeout,
+        policy=policy,
+    )
+    return httpserver.run(opts)
+
+
+def _http_users(args: argparse.Namespace) -> int:
+    from git_annex_remote_proxy import httpusers
+    from git_annex_remote_proxy.config import GatewayConfig, default_path
+
+    config_path = args.config or default_path()
+    path = args.users or httpusers.users_path(config_path)
+    if args.action == "add":
+        if args.target:
+            known = GatewayConfig.load(args.config).targets
+            unknown = [t for t in args.target if t not in known]
+            if unknown:
+                raise ConfigError(
+                    f"unknown target {', '.join(unknown)} in {config_path}: "
+                    "add it with 'gateway add' first"
+                )
+        if sys.stdin.isatty():
+            import getpass
+
+            password = getpass.getpass(f"password for {args.user}: ")
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+        user = httpusers.add(path, args.user, password, args.access, tuple(args.target))
+        where = f" (targets: {', '.join(user.targets)})" if user.targets else ""
+        print(f"user {user.name}: {user.access}{where} in {path}")
+        return 0
+    if args.action == "remove":
+        httpusers.remove(path, args.user)
+        print(f"removed user {args.user} from {path}")
+        return 0
+    users = httpusers.read(path) if path.exists() else {}
+    for u in sorted(users.values(), key=lambda u: u.name):
+        print(f"{u.name}  {u.access}  {','.join(u.targets) or '*'}")
+    return 0
 
 
 def _config_everywhere(parser: argparse.ArgumentParser) -> None:
@@ -328,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
             from git_annex_remote_proxy.access import serve
 
             return serve(asked, args.config, args.readonly, args.appendonly, args.allow)
+        if args.command == "http":
+            return _http(args)
+        if args.command == "http-users":
+            return _http_users(args)
         return _gateway(args)
     except (ClusterError, OSError) as e:
         if args.debug:

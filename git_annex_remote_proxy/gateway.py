@@ -72,6 +72,7 @@ class ClusterBackend:
         """``lock_dir``: where the gateway's sessions share content locks (LOCKCONTENT);
         None: no locks (LOCKCONTENT fails, as before a directory could be made)."""
         self.cluster, self.log, self.own_uuid = cluster, log, own_uuid
+        self._opened = cluster  # bypass may replace self.cluster with a subset of it
         self.lock_dir = lock_dir
         # Locks belong to the storage, not to the target: targets may share a node.
         self._lock_names = [_node_lock_name(n.spec.url) for n in cluster.nodes]
@@ -293,6 +294,22 @@ class ClusterBackend:
     def unlock(self, key: Key) -> None:
         _release_all(self._locks.pop(key, []))
 
+    def take_lock(self, key: Key) -> Callable[[], None] | None:
+        """``lock``, held apart from this backend (which may serve other requests
+        meanwhile): the function that releases it, or None when not locked."""
+        if not self.lock(key):
+            return None
+        held = self._locks.pop(key, [])
+        return lambda: _release_all(held)
+
+    def close(self) -> None:
+        """Release what this session holds: its content locks and node connections."""
+        for key in list(self._locks):
+            self.unlock(key)
+        if self.cluster is not self._opened:
+            self.cluster.close()
+        self._opened.close()
+
     def _lock_all(self, key: Key, how: int) -> list[_Held]:
         """``how`` held on the key's lock file of every node, none when there is no
         lock directory; ``_Busy`` when another session holds one the other way."""
@@ -378,8 +395,12 @@ def _lock_dir(config_path: Path) -> Path | None:
     return where
 
 
-def serve_target(target: Target, client_uuid: str | None, mode: str, config_path: Path) -> int:
-    """P2P on stdin/stdout for ``target`` (``access.serve`` decided which, and how)."""
+def open_backend(
+    target: Target, config_path: Path, log: Callable[[str], None] = _log
+) -> ClusterBackend:
+    """The backend of one session with ``target``: its nodes opened as the gateway opens
+    them, bad copies and content locks shared with every other session of the gateway
+    (ssh ``serve`` and ``http`` alike). ``close`` it when done."""
     specs = target.specs()
     # Uploads are verified only at their end: never resume over chunks an earlier,
     # unverified upload left (see shared.nodes.chunked).
@@ -392,16 +413,19 @@ def serve_target(target: Target, client_uuid: str | None, mode: str, config_path
         mincopies=target.mincopies,
         log=_debug,
         bad=BadCopies(bad_copies_path(config_path, target.uuid)),
-        on_bad=lambda key, node, why: _log(f"node {node} holds a bad copy of {key}: {why}"),
+        on_bad=lambda key, node, why: log(f"node {node} holds a bad copy of {key}: {why}"),
     )
-    backend = ClusterBackend(cluster, _log, target.uuid, _lock_dir(config_path))
+    return ClusterBackend(cluster, log, target.uuid, _lock_dir(config_path))
+
+
+def serve_target(target: Target, client_uuid: str | None, mode: str, config_path: Path) -> int:
+    """P2P on stdin/stdout for ``target`` (``access.serve`` decided which, and how)."""
+    backend = open_backend(target, config_path)
     stream = _Stdio()
     try:
         Server(stream, backend, target.uuid, mode, log=_log).serve()
     finally:
-        if backend.cluster is not cluster:
-            backend.cluster.close()
-        cluster.close()
+        backend.close()
         stream.close()
     del client_uuid  # recorded by git-annex-shell in transfer logs; we keep none
     return 0

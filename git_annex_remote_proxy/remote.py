@@ -4,7 +4,10 @@ The gateway is either ours (``gateway=ssh://[user@]host[:port] target=NAME``: th
 remote runs ``git-annex-remote-proxy serve`` there, or ``gatewaycommand=``) or a
 native git-annex gateway (``gateway=annex+ssh://[user@]host[:port]/path
 target=UUID``: ``git-annex-shell p2pstdio path ... --uuid UUID``, where UUID is
-a remote or cluster the gateway proxies). Either way the gateway is one
+a remote or cluster the gateway proxies), or a server of git-annex's HTTP API
+(``gateway=annex+https://host[:port]/git-annex/ target=UUID``: ``git annex p2phttp``
+or our ``git-annex-remote-proxy http``, an ``annex+https://`` node of
+``shared.nodes.http``). Either way the gateway is one
 git-annex repository node spoken to over P2P, so this is the cluster remote
 with that single node.
 """
@@ -29,8 +32,10 @@ DEFAULT_COMMAND = "git-annex-remote-proxy serve"
 _UUID_RE = re.compile(r"[0-9a-fA-F-]{36}")
 
 CONFIGS = {
-    "gateway": "ssh://[user@]host[:port] for a git-annex-remote-proxy gateway, or "
-    "annex+ssh://[user@]host[:port]/path/to/repo for a native git-annex gateway",
+    "gateway": "ssh://[user@]host[:port] for a git-annex-remote-proxy gateway, "
+    "annex+ssh://[user@]host[:port]/path/to/repo for a native git-annex gateway, or "
+    "annex+https://host[:port]/git-annex/ for a server of git-annex's HTTP API "
+    "(git annex p2phttp, or git-annex-remote-proxy http)",
     "target": "the target's name on our gateway, or the UUID of the remote or cluster "
     "a native gateway proxies",
     "gatewaycommand": f"the command run on our gateway (default: {DEFAULT_COMMAND}), "
@@ -53,7 +58,7 @@ class ProxyRemote(ClusterRemote):
 
     def _native(self) -> bool:
         gateway: str = self.annex.getconfig("gateway")
-        return urlsplit(gateway).scheme == "annex+ssh"
+        return urlsplit(gateway).scheme in ("annex+ssh", "annex+http", "annex+https")
 
     def _load(self, recorded: bool = True) -> Cluster:
         cluster = super()._load(recorded)
@@ -107,10 +112,24 @@ class ProxyRemote(ClusterRemote):
             command = self._command()
             if command:  # git-annex-shell elsewhere than on the login PATH
                 url += f"&shell={quote(command, safe='')}"
+        elif parts.scheme in ("annex+http", "annex+https"):
+            # git-annex's HTTP API (git annex p2phttp, or our gateway's http server):
+            # the target's UUID (or our gateway's target name) follows /git-annex/.
+            path = parts.path.rstrip("/")
+            if not path.endswith("/git-annex") or parts.query or parts.fragment:
+                raise ConfigError(
+                    f"gateway={gateway!r}: give the server's annexUrl, "
+                    f"{parts.scheme}://host[:port]/git-annex/; the target goes in target="
+                )
+            if not (_UUID_RE.fullmatch(target) or NAME_RE.fullmatch(target)):
+                raise ConfigError(f"target={target!r} is neither a UUID nor a target name")
+            if self._command():
+                raise ConfigError("gatewaycommand= does not apply to an annex+http(s) gateway")
+            url = f"{parts.scheme}://{parts.netloc}{path}/{quote(target, safe='')}"
         else:
             raise ConfigError(
-                f"gateway={gateway!r}: use ssh://[user@]host[:port] or "
-                "annex+ssh://[user@]host[:port]/path"
+                f"gateway={gateway!r}: use ssh://[user@]host[:port], "
+                "annex+ssh://[user@]host[:port]/path or annex+https://host[:port]/git-annex/"
             )
         return [parse_node(f"gateway={url}")]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["sshd", "s3server"]
+pytest_plugins = ["sshd", "s3server", "p2phttp"]
 
 DEBIAN_GIT_ANNEX = Path("/usr/bin/git-annex")
 VENV_BIN = Path(sys.executable).parent

@@ -43,7 +43,8 @@ from shared.nodes.url import NodeSpec, parse_node_list
 CONFIGS = {
     "nodes": "the cluster's nodes, whitespace-separated NAME=URL entries "
     "(file:///abs/path, sftp://[user@]host[:port]/path, "
-    "annex+ssh://[user@]host[:port]/path, annex:///abs/path or "
+    "annex+ssh://[user@]host[:port]/path, annex:///abs/path, "
+    "annex+https://host[:port]/git-annex/UUID or "
     "s3://bucket/prefix?endpoint=URL, with optional "
     "?cost=N&weight=W&state=active|readonly|drain; file, sftp and s3 nodes also take "
     "chunk=SIZE and encryption=shared)",
@@ -119,6 +120,8 @@ def with_recorded(specs: list[NodeSpec], nodeuuids: str, nodeciphers: str) -> li
 
 
 _IDENTIFIED = ("annex", "annex+ssh", "gateway+ssh")  # nodes with a UUID of their own
+# git-annex repositories (they verify what they store: unencrypted chunks are refused)
+_REPOSITORIES = ("annex", "annex+ssh", "annex+http", "annex+https")
 _MARKED = ("file", "sftp", "s3")  # nodes whose storage records its owner
 
 
@@ -149,7 +152,7 @@ class ClusterRemote(Remote):
         while initremote/enableremote records them afresh)."""
         try:
             specs = self.node_specs()
-            repos = [s.name for s in specs if s.scheme in ("annex", "annex+ssh")]
+            repos = [s.name for s in specs if s.scheme in _REPOSITORIES]
             if repos and not recorded:
                 # At initremote/enableremote only: later, git annex testremote runs its
                 # encrypted variants with the stored encryption=none, and the nodes

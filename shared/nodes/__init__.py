@@ -87,7 +87,15 @@ def open_node(
         )
     node = _backend(_unlayered(spec), client_uuid)
     node = _layer(node, spec, layers, trusted_source)
-    if spec.scheme in ("sftp", "s3", "annex", "annex+ssh", "gateway+ssh"):
+    if spec.scheme in (
+        "sftp",
+        "s3",
+        "annex",
+        "annex+ssh",
+        "annex+http",
+        "annex+https",
+        "gateway+ssh",
+    ):
         from shared.nodes.retry import RetryingNode
 
         # S3 nodes retry each request themselves: here only the "down for a while" part.
@@ -135,9 +143,13 @@ def _backend(spec: NodeSpec, client_uuid: str | None) -> Node:
         from shared.nodes.annex import AnnexNode
 
         return AnnexNode(spec, client_uuid)
+    if spec.scheme in ("annex+http", "annex+https"):
+        from shared.nodes.http import HTTPNode
+
+        return HTTPNode(spec, client_uuid)
     raise ConfigError(
         f"node {spec.name}: {spec.scheme}:// nodes are not supported; use file://, sftp://, "
-        "s3://, annex+ssh://, annex:/// or gateway+ssh:// nodes"
+        "s3://, annex+ssh://, annex:///, annex+http(s):// or gateway+ssh:// nodes"
     )
 
 

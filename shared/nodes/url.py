@@ -17,7 +17,16 @@ from shared.errors import ConfigError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 COMMON_ATTRS = ("cost", "weight", "zone", "maxsize", "reserve", "state")
-KNOWN_SCHEMES = ("file", "sftp", "annex", "annex+ssh", "s3", "gateway+ssh")
+KNOWN_SCHEMES = (
+    "file",
+    "sftp",
+    "annex",
+    "annex+ssh",
+    "annex+http",
+    "annex+https",
+    "s3",
+    "gateway+ssh",
+)
 
 # git-annex's units (Utility/DataUnits.hs, ``dataUnits``), in its lookup order: the
 # first unit whose abbreviation, name, plural, or abbreviation minus its final "b"

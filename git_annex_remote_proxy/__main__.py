@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from git_annex_remote_proxy import __version__
 from shared.errors import ClusterError, ConfigError
 from shared.ops import maintaincli, nodecli
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from git_annex_remote_proxy.config import GatewayConfig, Target
 
@@ -119,27 +122,15 @@ def _http_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=60.0,
         help="seconds a connection may stay silent mid-request (default: 60)",
     )
-    http.add_argument(
-        "--auth-http",
-        action="store_true",
-        help="accept credentials over plain HTTP too (insecure: basic auth is not encrypted)",
-    )
-    http.add_argument(
-        "--wideopen", action="store_true", help="anyone may do anything, no credentials"
-    )
-    http.add_argument(
-        "--unauth-readonly", action="store_true", help="anyone may read without credentials"
-    )
-    http.add_argument(
-        "--unauth-appendonly",
-        action="store_true",
-        help="anyone may read and store without credentials",
-    )
-    http.add_argument(
-        "--unauth-nolocking",
-        action="store_true",
-        help="with --unauth-*: no content locking without credentials",
-    )
+    for flag, text in (
+        ("--auth-http", "accept credentials over plain HTTP too (insecure: basic auth is not "
+         "encrypted)"),
+        ("--wideopen", "anyone may do anything, no credentials"),
+        ("--unauth-readonly", "anyone may read without credentials"),
+        ("--unauth-appendonly", "anyone may read and store without credentials"),
+        ("--unauth-nolocking", "with --unauth-*: no content locking without credentials"),
+    ):  # fmt: skip
+        http.add_argument(flag, action="store_true", help=text)
 
     users = sub.add_parser("http-users", help="manage the users of 'http'")
     users.add_argument("--config", type=Path, help="gateway configuration (TOML)")
@@ -167,29 +158,17 @@ def _http_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     usub.add_parser("list", help="list the users (never their passwords)")
 
 
+def _from_args(cls: Callable[..., T], args: argparse.Namespace, **given: Any) -> T:
+    """A dataclass of options, its fields from the command line's of the same names."""
+    names = {f.name for f in dataclasses.fields(cls)} - given.keys()  # type: ignore[arg-type]
+    return cls(**{n: v for n, v in vars(args).items() if n in names}, **given)
+
+
 def _http(args: argparse.Namespace) -> int:
     from git_annex_remote_proxy import httpserver, httpusers
 
-    policy = httpusers.Policy(
-        auth_http=args.auth_http,
-        wideopen=args.wideopen,
-        unauth_readonly=args.unauth_readonly,
-        unauth_appendonly=args.unauth_appendonly,
-        unauth_nolocking=args.unauth_nolocking,
-    )
-    opts = httpserver.Options(
-        config=args.config,
-        users=args.users,
-        bind=args.bind,
-        port=args.port,
-        socket=args.socket,
-        certfile=args.certfile,
-        privatekeyfile=args.privatekeyfile,
-        chainfile=args.chainfile,
-        jobs=max(1, args.jobs),
-        timeout=args.timeout,
-        policy=policy,
-    )
+    policy = _from_args(httpusers.Policy, args)
+    opts = _from_args(httpserver.Options, args, jobs=max(1, args.jobs), policy=policy)
     return httpserver.run(opts)
 
 

@@ -32,6 +32,20 @@ class CountingSink:
         self.count += len(data)
 
 
+class CountingSource:
+    """Counts what was read from the source, so a store that read nothing of it can be
+    tried again with the same source."""
+
+    def __init__(self, source: Readable) -> None:
+        self.source = source
+        self.count = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self.source.read(n)
+        self.count += len(data)
+        return data
+
+
 def read_up_to(source: Readable, n: int) -> bytes:
     """Exactly ``n`` bytes unless the source ends first (streams may return short reads)."""
     pieces = []

@@ -24,16 +24,13 @@ What the server does that a client author should know (git-annex 10.20261026):
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from conftest import Client
-from loopback import free_port, log_tail
+from loopback import accepts, free_port, log_tail, spawn, terminate
 
 READY_TIMEOUT = 20.0
 JOBS = 4
@@ -138,51 +135,30 @@ class P2PHttp:
         raise RuntimeError(f"{self}: could not bind 127.0.0.1:{self.port}\n{log_tail(self.log)}")
 
     def _spawn(self) -> bool:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen(
+        return (
+            spawn(
+                f"{self}: p2phttp",
                 self._argv(),
+                self.log,
+                lambda _: accepts(self.port, timeout=1),
+                started=self._started,
+                stop=self.stop,
+                timeout=READY_TIMEOUT,
                 cwd=self.repo,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
                 env=self._env(),
-                start_new_session=True,
             )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code, self._proc = self._proc.returncode, None
-                new = log_tail(self.log, offset)
-                if "in use" in new:
-                    return False
-                raise RuntimeError(f"{self}: p2phttp exited with {code}\n{new}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                return True
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(
-            f"{self}: not ready after {READY_TIMEOUT}s\n{log_tail(self.log, offset)}"
+            is not None
         )
+
+    def _started(self, proc: subprocess.Popen[bytes] | None) -> None:
+        self._proc = proc
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self) -> None:
         """Terminate the pid we started; kill it if it does not go within a few seconds."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait(timeout=10)
+        terminate(self._proc)
         self._proc = None
 
 

@@ -35,7 +35,6 @@ import contextlib
 import importlib.util
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopback import free_port, log_tail
+from loopback import free_port, log_tail, spawn, terminate
 
 MOTO_LAUNCHER = Path(__file__).resolve().parent / "moto_s3.py"  # moto_server, SigV2 fixed
 READY_TIMEOUT = 20.0
@@ -129,32 +128,23 @@ class S3Server:
 
     def _spawn(self) -> bool:
         """Run moto_server once; False if it lost a race for its port, raise on other failures."""
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as log:
-            proc = subprocess.Popen(
+        return (
+            spawn(
+                f"{self}: moto_server",
                 [sys.executable, str(MOTO_LAUNCHER), "-H", "127.0.0.1", "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                self.log,
+                lambda _: self._answers(),
+                started=self._started,
+                stop=self.stop,
+                timeout=READY_TIMEOUT,
+                in_use="already in use",
                 env=s3_environ({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}),
-                start_new_session=True,
             )
-        self._proc, self.pid = proc, proc.pid
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                self._proc = self.pid = None
-                new = log_tail(self.log, offset)
-                if "Address already in use" in new or "already in use" in new:
-                    return False
-                raise RuntimeError(f"{self}: moto_server exited with {proc.returncode}\n{new}")
-            if self._answers():
-                return True
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(
-            f"{self}: not ready after {READY_TIMEOUT}s\n{log_tail(self.log, offset)}"
+            is not None
         )
+
+    def _started(self, proc: subprocess.Popen[bytes] | None) -> None:
+        self._proc, self.pid = proc, proc.pid if proc is not None else None
 
     def _answers(self) -> bool:
         try:
@@ -168,16 +158,7 @@ class S3Server:
 
     def stop(self) -> None:
         """Terminate the pid we started; kill it if it does not go within a few seconds."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait(timeout=10)
+        terminate(self._proc)
         self._proc = self.pid = None
 
     def restart(self) -> None:

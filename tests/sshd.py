@@ -20,15 +20,13 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import pytest
-from loopback import free_port, log_tail
+from loopback import accepts, free_port, log_tail, spawn
 
 SSHD_BIN = "/usr/sbin/sshd"
 DEFAULT_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
@@ -164,36 +162,27 @@ class SSHD:
     def _spawn(self) -> bool:
         """Run sshd once; False if it lost a race for its port, raise on other failures."""
         self._write_config()
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as log:
-            proc = subprocess.Popen(
+        return (
+            spawn(
+                f"{self}: sshd",
                 [SSHD_BIN, "-D", "-e", "-f", str(self.config), "-E", str(self.log)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
+                self.log,
+                self._listening,
+                started=self._started,
+                stop=self.stop,
+                timeout=READY_TIMEOUT,
+                in_use="Address already in use",
+                poll=0.02,
             )
-        self._proc, self.pid = proc, proc.pid
-        banner = f"Server listening on 127.0.0.1 port {self.port}"
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                self._proc = self.pid = None
-                new = log_tail(self.log, offset)
-                if "Address already in use" in new:
-                    return False
-                raise RuntimeError(f"{self}: sshd exited with {proc.returncode}\n{new}")
-            if banner in log_tail(self.log, offset):
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                    return True
-                except OSError:
-                    pass
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(
-            f"{self}: not ready after {READY_TIMEOUT}s\n{log_tail(self.log, offset)}"
+            is not None
         )
+
+    def _started(self, proc: subprocess.Popen[bytes] | None) -> None:
+        self._proc, self.pid = proc, proc.pid if proc is not None else None
+
+    def _listening(self, offset: int) -> bool:
+        banner = f"Server listening on 127.0.0.1 port {self.port}"
+        return banner in log_tail(self.log, offset) and accepts(self.port, timeout=0.5)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -111,12 +111,13 @@ def test_server_down_is_unavailable(p2phttp: P2PHttp) -> None:
 
 def test_a_store_right_after_an_interrupted_upload_succeeds(p2phttp: P2PHttp) -> None:
     """git annex p2phttp answers 500 while it still holds the transfer lock of an
-    upload whose client went away: the next store asks putoffset again, and succeeds."""
+    upload whose client went away: the retry wrapper tries the next store again (it
+    read nothing of its source yet), and it succeeds."""
     from node_conformance import FailsAfter
 
     from shared.cluster.fanout import SourceFailed
 
-    node = HTTPNode(parse_node(f"n={p2phttp.node_url}"), CLIENT_UUID)
+    node = open_node(parse_node(f"n={p2phttp.node_url}"), CLIENT_UUID)
     data = payload(3_000_000, seed=3)
     key = make_key(data)
     with pytest.raises(SourceFailed):

@@ -91,18 +91,44 @@ def test_retried_download_continues_where_it_stopped(
     assert offsets[0] == 0 and offsets[1] is not None and offsets[1] >= 30_000
 
 
-def test_store_is_not_retried_but_marks_down(
+def test_store_that_read_nothing_is_retried(
     parts: tuple[FaultyNode, RetryingNode, Clock],
 ) -> None:
-    faulty, node, _ = parts
+    faulty, node, clock = parts
     node.remove(KEY)
     before = len(faulty.ops("store"))
-    faulty.fail("store", Unavailable, times=1)
+    faulty.fail("store", Unavailable, times=2)
+    assert node.store(KEY, io.BytesIO(DATA), len(DATA))
+    assert len(faulty.ops("store")) == before + 3 and len(clock.slept) == 2
+    assert node.present(KEY) == len(DATA)
+
+
+def test_store_that_read_a_byte_is_not_retried_but_marks_down(
+    parts: tuple[FaultyNode, RetryingNode, Clock],
+) -> None:
+    faulty, node, clock = parts
+    node.remove(KEY)
+    before = len(faulty.ops("store"))
+    faulty.fail("store", Unavailable, times=1, after_bytes=1)
     with pytest.raises(Unavailable):
         node.store(KEY, io.BytesIO(DATA), len(DATA))
-    assert len(faulty.ops("store")) == before + 1
+    assert len(faulty.ops("store")) == before + 1 and clock.slept == []
     with pytest.raises(Unavailable, match="not retried for now"):
         node.present(KEY)
+
+
+def test_store_that_read_nothing_is_retried_for_its_patience(tmp_path: Path) -> None:
+    (tmp_path / "n").mkdir()
+    faulty = FaultyNode(FileNode(parse_node(f"n={(tmp_path / 'n').as_uri()}")))
+    clock = Clock()
+    node = RetryingNode(faulty, attempts=3, store_patience=4, clock=clock, sleep=clock.sleep)
+    faulty.fail("store", Unavailable, times=5)
+    assert node.store(KEY, io.BytesIO(DATA), len(DATA))
+    assert len(faulty.ops("store")) == 6 and sum(clock.slept) <= 6
+    faulty.fail("present", Unavailable)  # patience is for stores only
+    with pytest.raises(Unavailable):
+        node.present(KEY)
+    assert len(faulty.ops("present")) == 3
 
 
 def test_unexpected_exceptions_pass_through(parts: tuple[FaultyNode, RetryingNode, Clock]) -> None:

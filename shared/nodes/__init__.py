@@ -99,7 +99,12 @@ def open_node(
         from shared.nodes.retry import RetryingNode
 
         # S3 nodes retry each request themselves: here only the "down for a while" part.
-        node = RetryingNode(node, attempts=1 if spec.scheme == "s3" else 3)
+        # git annex p2phttp refuses a store (500) for a few seconds after an upload
+        # that was interrupted, while it still holds the key's transfer lock.
+        http = spec.scheme in ("annex+http", "annex+https")
+        node = RetryingNode(
+            node, attempts=1 if spec.scheme == "s3" else 3, store_patience=5.0 if http else 0.0
+        )
     if ownership is not None and node.records_owner:
         from shared.nodes.owner import OwnedNode
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +61,6 @@ ANONYMOUS_UUID = "00000000-0000-0000-0000-000000000000"
 CONNECT_TIMEOUT = 20.0
 IO_TIMEOUT = 60.0
 VERIFY_RATE = 50 * 1024 * 1024  # bytes/s we allow the server for hashing what it received
-_PUTOFFSET_WAITS = (0.1, 0.3, 0.6, 1.0, 2.0)
 POOL_SIZE = 8  # connections kept per node (the cluster's fan-out and -J)
 # Asked for when negotiating the version: any key will do, the answer is not used.
 _PROBE = Key.parse("SHA256E-s0--e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
@@ -155,10 +153,6 @@ def parse_http_url(spec: NodeSpec) -> HttpTarget:
         uuid=uuid,
         username=user,
     )
-
-
-class _ServerFailed(Unavailable):
-    """The server answered 5xx."""
 
 
 class _Retry(Exception):
@@ -340,7 +334,7 @@ class HTTPNode(Node):
                 self.name,
             )
         if status >= 500:
-            raise _ServerFailed(
+            raise Unavailable(
                 f"{what}: {self.target.public} failed ({status} {r.reason or ''}"
                 + (f": {detail}" if detail else "")
                 + "); try again later, or see the server's log",
@@ -445,21 +439,13 @@ class HTTPNode(Node):
         return True
 
     def _putoffset(self, key: Key, what: str) -> httpapi.PutOffsetResult:
-        """``putoffset``, asked again a few times while the server fails (5xx): git-annex
-        p2phttp answers 500 while it still holds the transfer lock of an upload whose
-        client went away, for up to a second or so. Nothing of the source has been read
-        yet, so this is safe to repeat (the retry wrapper never repeats a store)."""
-        for wait in (*_PUTOFFSET_WAITS, None):
-            try:
-                r = self._call(what, "POST", httpapi.PUTOFFSET, key)
-            except _ServerFailed:
-                if wait is None:
-                    raise
-                time.sleep(wait)
-                continue
-            answer: httpapi.PutOffsetResult = self._json(what, r, httpapi.parse_putoffset)
-            return answer
-        raise AssertionError("unreachable")
+        """``putoffset``. git annex p2phttp answers 500 while it still holds the transfer
+        lock of an upload whose client went away, for a few seconds: ``Unavailable``
+        then, before anything of the source was read, so the retry wrapper tries the
+        store again (``store_patience``)."""
+        r = self._call(what, "POST", httpapi.PUTOFFSET, key)
+        answer: httpapi.PutOffsetResult = self._json(what, r, httpapi.parse_putoffset)
+        return answer
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         what = f"reading {key}"

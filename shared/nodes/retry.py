@@ -4,8 +4,9 @@ Transient failures (``shared.errors.is_transient``) of operations that can be
 repeated safely are retried with exponential backoff and jitter. A node that
 still fails is marked down for a while: later calls fail at once instead of
 each paying the backoff, so a copy of a thousand keys waits once, not a
-thousand times. Stores are not retried here (their source is a stream read
-once); the cluster stores on the next node instead.
+thousand times. A store is retried only while nothing of its source has been
+read (its source is a stream read once): a store that read no byte is safe to
+repeat. One that failed later is not; the cluster stores on the next node instead.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
-    stop_after_attempt,
     wait_exponential,
     wait_random,
 )
@@ -26,7 +27,7 @@ from tenacity import (
 from shared.annex.keys import Key
 from shared.errors import Unavailable, is_transient
 from shared.nodes.base import Layer, Node
-from shared.streams import CountingSink, Readable, Writable
+from shared.streams import CountingSink, CountingSource, Readable, Writable
 
 T = TypeVar("T")
 
@@ -40,11 +41,16 @@ class RetryingNode(Layer):
         initial_wait: float = 0.2,
         max_wait: float = 2.0,
         down_for: float = 30.0,
+        store_patience: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``store_patience``: for how many seconds a store that read nothing of its
+        source is tried again, past ``attempts`` (git-annex p2phttp refuses a key for a
+        few seconds while it holds the transfer lock of an interrupted upload)."""
         super().__init__(inner)
         self._attempts = attempts
+        self._store_patience = store_patience
         self._wait = wait_exponential(multiplier=initial_wait, max=max_wait) + wait_random(
             0, initial_wait
         )
@@ -67,12 +73,24 @@ class RetryingNode(Layer):
             prefix = f"node {self.name}: "
             self._down_reason = text.removeprefix(prefix)
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _call(
+        self,
+        fn: Callable[[], T],
+        again: Callable[[BaseException], bool] = is_transient,
+        patience: float = 0.0,
+    ) -> T:
+        """``fn``, tried again while ``again`` says so: ``attempts`` times, and for at
+        least ``patience`` seconds."""
         self._guard()
+        start = self._clock()
+
+        def stop(state: RetryCallState) -> bool:
+            return state.attempt_number >= self._attempts and self._clock() - start >= patience
+
         retrying = Retrying(
-            stop=stop_after_attempt(self._attempts),
+            stop=stop,
             wait=self._wait,
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(again),
             sleep=self._sleep,
             reraise=True,
         )
@@ -82,6 +100,15 @@ class RetryingNode(Layer):
             if is_transient(e):
                 self._mark_down(e)
             raise
+
+    def _store(self, source: Readable, fn: Callable[[CountingSource], T]) -> T:
+        """A store, tried again only while it has read nothing of ``source``."""
+        counting = CountingSource(source)
+        return self._call(
+            lambda: fn(counting),
+            lambda e: is_transient(e) and counting.count == 0,
+            self._store_patience,
+        )
 
     def check(self) -> None:
         self._call(self.inner.check)
@@ -97,22 +124,10 @@ class RetryingNode(Layer):
         return self._call(lambda: self.inner.present(key))
 
     def store(self, key: Key, source: Readable, size: int) -> bool:
-        self._guard()
-        try:
-            return self.inner.store(key, source, size)
-        except Exception as e:
-            if is_transient(e):
-                self._mark_down(e)
-            raise
+        return self._store(source, lambda src: self.inner.store(key, src, size))
 
     def overwrite(self, key: Key, source: Readable, size: int) -> None:
-        self._guard()
-        try:
-            self.inner.overwrite(key, source, size)
-        except Exception as e:
-            if is_transient(e):
-                self._mark_down(e)
-            raise
+        self._store(source, lambda src: self.inner.overwrite(key, src, size))
 
     @property
     def resumable(self) -> bool:  # type: ignore[override]
@@ -124,13 +139,14 @@ class RetryingNode(Layer):
     def store_from(
         self, key: Key, source: Readable, size: int, offset: int, prefix: Callable[[bytes], None]
     ) -> bool:
-        self._guard()
-        try:
-            return self.inner.store_from(key, source, size, offset, prefix)
-        except Exception as e:
-            if is_transient(e):
-                self._mark_down(e)
-            raise
+        def store_from(src: CountingSource) -> bool:
+            def counted(kept: bytes) -> None:  # hashed by the caller: not to hand again
+                src.count += len(kept)
+                prefix(kept)
+
+            return self.inner.store_from(key, src, size, offset, counted)
+
+        return self._store(source, store_from)
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         counting = CountingSink(sink)

@@ -36,8 +36,8 @@ CONFIGS = {
     "annex+ssh://[user@]host[:port]/path/to/repo for a native git-annex gateway, or "
     "annex+https://host[:port]/git-annex/ for a server of git-annex's HTTP API "
     "(git annex p2phttp, or git-annex-remote-proxy http)",
-    "target": "the target's name on our gateway, or the UUID of the remote or cluster "
-    "a native gateway proxies",
+    "target": "the target's name on our gateway over ssh; its UUID over annex+http(s), "
+    "and the UUID of the remote or cluster a native gateway proxies",
     "gatewaycommand": f"the command run on our gateway (default: {DEFAULT_COMMAND}), "
     "e.g. to add --config FILE; for a native gateway, the git-annex-shell to run",
     "nodeuuids": "recorded by initremote/enableremote: the UUID the gateway answered with",
@@ -114,15 +114,22 @@ class ProxyRemote(ClusterRemote):
                 url += f"&shell={quote(command, safe='')}"
         elif parts.scheme in ("annex+http", "annex+https"):
             # git-annex's HTTP API (git annex p2phttp, or our gateway's http server):
-            # the target's UUID (or our gateway's target name) follows /git-annex/.
+            # the target's UUID follows /git-annex/. Never a name: the API has no
+            # handshake that tells the client the UUID, so the URL's is the node's
+            # UUID everywhere (nodeuuids, what the server answers for).
             path = parts.path.rstrip("/")
             if not path.endswith("/git-annex") or parts.query or parts.fragment:
                 raise ConfigError(
                     f"gateway={gateway!r}: give the server's annexUrl, "
                     f"{parts.scheme}://host[:port]/git-annex/; the target goes in target="
                 )
-            if not (_UUID_RE.fullmatch(target) or NAME_RE.fullmatch(target)):
-                raise ConfigError(f"target={target!r} is neither a UUID nor a target name")
+            if not _UUID_RE.fullmatch(target):
+                raise ConfigError(
+                    f"target={target!r}: over git-annex's HTTP API the target is its UUID, "
+                    "not its name (on a git-annex-remote-proxy gateway, gateway list shows "
+                    "each target's UUID; for git annex p2phttp, the served repository's "
+                    "git config annex.uuid)"
+                )
             if self._command():
                 raise ConfigError("gatewaycommand= does not apply to an annex+http(s) gateway")
             url = f"{parts.scheme}://{parts.netloc}{path}/{quote(target, safe='')}"

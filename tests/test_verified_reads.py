@@ -330,22 +330,30 @@ class _Watching(FaultyNode):
         self.seen.append(self.dest.read_bytes() if self.dest.exists() else b"")
 
 
+def rotten_then_good(
+    tmp_path: Path, dest: Path
+) -> tuple[Cluster, list[_Watching], Key, bytes, bytes]:
+    """Two watched file:// nodes, w0 read first: a rotten copy on w0, the good one on
+    w1; the cluster, its nodes, the key, its content and the rotten bytes."""
+    nodes = []
+    for i in range(2):
+        (tmp_path / f"w{i}").mkdir()
+        spec = parse_node(f"w{i}=file://{tmp_path}/w{i}?cost={10 + i}")
+        nodes.append(_Watching(FileNode(spec), dest))
+    data = content(70_000)
+    key = make_key(data)
+    rotten = rot(nodes[0], key, data).read_bytes()
+    put(nodes[1], key, data)
+    return Cluster(nodes, copies=2), nodes, key, data, rotten
+
+
 def test_git_annex_never_takes_the_bytes_of_a_bad_copy(tmp_path: Path) -> None:
     """Once git-annex's file held a bad copy's bytes, it is not written again: the
     next node writes beside it, the right content replaces it whole, and the attempt
     fails, so that nothing git-annex hashed as it grew is taken as verified."""
     dest = tmp_path / "annex-tmp" / "KEY"
     dest.parent.mkdir()
-    nodes = []
-    for i in range(2):
-        (tmp_path / f"w{i}").mkdir()
-        spec = parse_node(f"w{i}=file://{tmp_path}/w{i}?cost={10 + i}")
-        nodes.append(_Watching(FileNode(spec), dest))
-    cluster = Cluster(nodes, copies=2)
-    data = content(70_000)
-    key = make_key(data)
-    rotten = rot(nodes[0], key, data).read_bytes()
-    put(nodes[1], key, data)
+    cluster, nodes, key, data, rotten = rotten_then_good(tmp_path, dest)
     with pytest.raises(GetAgain):
         cluster.retrieve(key, str(dest))
     assert nodes[0].seen == [rotten] and nodes[1].seen == [rotten]
@@ -524,16 +532,7 @@ def test_a_git_annex_proxy_never_sees_a_byte_before_it_proved_right(tmp_path: Pa
     the get's outcome: there, the bytes go beside it until they proved right."""
     dest = tmp_path / ".git" / "annex" / "othertmp" / "proxy.0" / "KEY"
     dest.parent.mkdir(parents=True)
-    nodes = []
-    for i in range(2):
-        (tmp_path / f"w{i}").mkdir()
-        spec = parse_node(f"w{i}=file://{tmp_path}/w{i}?cost={10 + i}")
-        nodes.append(_Watching(FileNode(spec), dest))
-    cluster = Cluster(nodes, copies=2)
-    data = content(70_000)
-    key = make_key(data)
-    rot(nodes[0], key, data)
-    put(nodes[1], key, data)
+    cluster, nodes, key, data, _ = rotten_then_good(tmp_path, dest)
     assert cluster.retrieve(key, str(dest)) == "w1"  # no failed attempt
     assert nodes[0].seen == [b""] and nodes[1].seen == [b""]
     assert dest.read_bytes() == data

@@ -40,7 +40,7 @@ from shared.errors import (
     Unavailable,
     Unsupported,
 )
-from shared.nodes.base import CHEAP_COST, EXPENSIVE_COST, UNKNOWN_SIZE, Node
+from shared.nodes.base import CHEAP_COST, EXPENSIVE_COST, UNKNOWN_SIZE, ExactSource, Node
 from shared.nodes.url import NodeSpec
 from shared.p2p.engine import ProtocolError
 from shared.p2p.io import APPENDONLY_ERROR, READONLY_ERROR, Client, ConnectionLost, PeerRefused
@@ -461,7 +461,7 @@ class AnnexNode(Node):
             )
         with self._request(f"storing {key}", IO_TIMEOUT + size / VERIFY_RATE) as client:
             try:
-                result = client.put(key, _Exact(source, size, key, self.name), size)
+                result = client.put(key, ExactSource(source, size, key, self.name), size)
             except (PeerRefused, ConnectionLost, ProtocolError, NodeError):
                 raise
             except ClusterError as e:  # the data ran short: nothing was committed
@@ -511,20 +511,6 @@ class AnnexNode(Node):
     def close(self) -> None:
         with self._lock:
             self._drop()
-
-
-class _Exact:
-    """The source, refusing (before any commit) anything but exactly ``size`` bytes."""
-
-    def __init__(self, source: Readable, size: int, key: Key, node: str) -> None:
-        self.source, self.left, self.key, self.node = source, size, key, node
-
-    def read(self, n: int = -1, /) -> bytes:
-        block = self.source.read(n)
-        self.left -= len(block)
-        if self.left < 0:
-            raise IntegrityError(f"received more bytes for {self.key} than its size", self.node)
-        return block
 
 
 def _refusal(text: str, what: str, node: str, peer: str) -> NodeError:

@@ -50,6 +50,21 @@ CHEAP_COST = 100
 EXPENSIVE_COST = 200
 
 
+class ExactSource:
+    """A store's source, refusing (before the peer could commit) anything but exactly
+    ``size`` bytes: a longer source fails on the read that goes past the end."""
+
+    def __init__(self, source: Readable, size: int, key: Key, node: str) -> None:
+        self.source, self.left, self.key, self.node = source, size, key, node
+
+    def read(self, n: int = -1, /) -> bytes:
+        block = self.source.read(n)
+        self.left -= len(block)
+        if self.left < 0:
+            raise IntegrityError(f"received more bytes for {self.key} than its size", self.node)
+        return block
+
+
 UNKNOWN_SIZE = -1  # present, size not known (see the contract above)
 
 #: The keys a caller knows of (the repository's git-annex branch), asked for only by

@@ -49,7 +49,7 @@ from shared.errors import (
     Unavailable,
     Unsupported,
 )
-from shared.nodes.base import EXPENSIVE_COST, UNKNOWN_SIZE, KnownKeys, Node
+from shared.nodes.base import EXPENSIVE_COST, UNKNOWN_SIZE, ExactSource, KnownKeys, Node
 from shared.nodes.url import NodeSpec
 from shared.p2p import httpapi
 from shared.p2p.httpapi import Params
@@ -515,19 +515,9 @@ class HTTPNode(Node):
         self._http.clear()
 
 
-class _Exact:
+class _Exact(ExactSource):
     """The source, refusing (before the server could commit) anything but exactly
     ``size`` bytes: a short or long source breaks off the request body."""
-
-    def __init__(self, source: Readable, size: int, key: Key, node: str) -> None:
-        self.source, self.left, self.key, self.node = source, size, key, node
-
-    def read(self, n: int = -1, /) -> bytes:
-        block = self.source.read(n)
-        self.left -= len(block)
-        if self.left < 0:
-            raise IntegrityError(f"received more bytes for {self.key} than its size", self.node)
-        return block
 
     def blocks(self) -> Iterator[bytes]:
         while block := self.read(BLOCK):

@@ -27,6 +27,19 @@ def log_tail(log: Path, offset: int = 0) -> str:
         return ""
 
 
+def on_a_port(what: str, port: int, run: Callable[[int], bool], log: Path) -> int:
+    """Run a server (``run(port)``: False when it lost a race for the port) on ``port``
+    when it has one (a restart keeps it), else on one of up to five free ports; return
+    the port it listens on."""
+    fixed = port != 0
+    for _ in range(1 if fixed else 5):
+        if not fixed:
+            port = free_port()
+        if run(port):
+            return port
+    raise RuntimeError(f"{what}: could not bind 127.0.0.1:{port}\n{log_tail(log)}")
+
+
 def spawn(
     what: str,
     argv: list[str],

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Client
-from loopback import accepts, free_port, log_tail, spawn, terminate
+from loopback import accepts, on_a_port, spawn, terminate
 
 READY_TIMEOUT = 20.0
 JOBS = 4
@@ -126,13 +126,11 @@ class P2PHttp:
         """Start (again on the same port once it had one); return once it accepts connections."""
         if self.alive():
             return
-        fixed = self.port != 0
-        for _ in range(1 if fixed else 5):
-            if not fixed:
-                self.port = free_port()
-            if self._spawn():
-                return
-        raise RuntimeError(f"{self}: could not bind 127.0.0.1:{self.port}\n{log_tail(self.log)}")
+        self.port = on_a_port(str(self), self.port, self._spawn_on, self.log)
+
+    def _spawn_on(self, port: int) -> bool:
+        self.port = port
+        return self._spawn()
 
     def _spawn(self) -> bool:
         return (

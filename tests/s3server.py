@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopback import free_port, log_tail, spawn, terminate
+from loopback import on_a_port, spawn, terminate
 
 MOTO_LAUNCHER = Path(__file__).resolve().parent / "moto_s3.py"  # moto_server, SigV2 fixed
 READY_TIMEOUT = 20.0
@@ -117,14 +117,12 @@ class S3Server:
             return
         if importlib.util.find_spec("moto.server") is None:
             raise RuntimeError("moto is missing: install the test extra (moto[server])")
-        fixed = self.port != 0
-        for _ in range(1 if fixed else 5):
-            if not fixed:
-                self.port = free_port()
-                self._client = None
-            if self._spawn():
-                return
-        raise RuntimeError(f"{self}: could not bind 127.0.0.1:{self.port}\n{log_tail(self.log)}")
+        self.port = on_a_port(str(self), self.port, self._spawn_on, self.log)
+
+    def _spawn_on(self, port: int) -> bool:
+        if port != self.port:
+            self.port, self._client = port, None
+        return self._spawn()
 
     def _spawn(self) -> bool:
         """Run moto_server once; False if it lost a race for its port, raise on other failures."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from loopback import accepts, free_port, log_tail, spawn
+from loopback import accepts, log_tail, on_a_port, spawn
 
 SSHD_BIN = "/usr/sbin/sshd"
 DEFAULT_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
@@ -151,13 +151,11 @@ class SSHD:
         if self.alive():
             return
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # Debian's privsep dir
-        fixed = self.port != 0
-        for _ in range(1 if fixed else 5):
-            if not fixed:
-                self.port = free_port()
-            if self._spawn():
-                return
-        raise RuntimeError(f"{self}: could not bind 127.0.0.1:{self.port}\n{log_tail(self.log)}")
+        self.port = on_a_port(str(self), self.port, self._spawn_on, self.log)
+
+    def _spawn_on(self, port: int) -> bool:
+        self.port = port
+        return self._spawn()
 
     def _spawn(self) -> bool:
         """Run sshd once; False if it lost a race for its port, raise on other failures."""

@@ -33,7 +33,7 @@ sysdeps:
 	@scripts/sysdeps.sh git
 
 sysdeps-test:
-	@scripts/sysdeps.sh git gnupg openssh-server git-annex
+	@scripts/sysdeps.sh git gnupg openssh-server git-annex nginx nftables
 
 demo: sysdeps venv
 	@scripts/demo.sh

@@ -122,6 +122,19 @@ def _http_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=60.0,
         help="seconds a connection may stay silent mid-request (default: 60)",
     )
+    http.add_argument(
+        "--metrics",
+        choices=("auth", "open", "off"),
+        default="auth",
+        help="who may read /metrics: auth (default: a user who may read every target), "
+        "open (anyone: for a listener only the operator reaches), off",
+    )
+    http.add_argument(
+        "--access-log",
+        type=Path,
+        metavar="FILE",
+        help="append the access log (JSON, one request a line) to FILE (default: stderr)",
+    )
     for flag, text in (
         ("--auth-http", "accept credentials over plain HTTP too (insecure: basic auth is not "
          "encrypted)"),

@@ -40,8 +40,7 @@ from shared.cluster.verify import VerifiedReader
 from shared.errors import ClusterError, IntegrityError
 from shared.nodes import open_node
 from shared.nodes.annex import AnnexNode
-from shared.nodes.base import UNKNOWN_SIZE, Node
-from shared.nodes.retry import RetryingNode
+from shared.nodes.base import UNKNOWN_SIZE, Layer, Node
 from shared.p2p.io import Server
 from shared.streams import Readable
 
@@ -88,7 +87,9 @@ class ClusterBackend:
         path = (*uuids, *((self.own_uuid,) if self.own_uuid else ()))
         keep = []
         for node in self.cluster.nodes:
-            inner = node.inner if isinstance(node, RetryingNode) else node
+            inner = node
+            while isinstance(inner, Layer):  # retries, and the http server's observer
+                inner = inner.inner
             if isinstance(inner, AnnexNode) and inner.is_gateway:
                 if uuids:
                     try:
@@ -396,17 +397,23 @@ def _lock_dir(config_path: Path) -> Path | None:
 
 
 def open_backend(
-    target: Target, config_path: Path, log: Callable[[str], None] = _log
+    target: Target,
+    config_path: Path,
+    log: Callable[[str], None] = _log,
+    wrap: Callable[[Node], Node] | None = None,
 ) -> ClusterBackend:
     """The backend of one session with ``target``: its nodes opened as the gateway opens
     them, bad copies and content locks shared with every other session of the gateway
-    (ssh ``serve`` and ``http`` alike). ``close`` it when done."""
+    (ssh ``serve`` and ``http`` alike). ``close`` it when done. ``wrap``: a layer around
+    each node (the http server's metrics observe the nodes through one)."""
     specs = target.specs()
     # Uploads are verified only at their end: never resume over chunks an earlier,
     # unverified upload left (see shared.nodes.chunked).
     # Nodes write and remove only while the target owns them (shared.nodes.owner).
     ownership = GatewayConfig.load(config_path).ownership(target)
     nodes = [open_node(s, target.uuid, trusted_source=False, ownership=ownership) for s in specs]
+    if wrap is not None:
+        nodes = [wrap(n) for n in nodes]
     cluster = Cluster(
         nodes,
         copies=target.copies,

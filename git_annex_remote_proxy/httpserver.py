@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,14 +29,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cheroot import wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-from git_annex_remote_proxy import httpusers
+from git_annex_remote_proxy import httpguard, httpmetrics, httpusers
 from git_annex_remote_proxy.config import GatewayConfig, Target
 from git_annex_remote_proxy.gateway import ClusterBackend, open_backend
 from shared.annex.keys import Key
 from shared.errors import ClusterError, wrong_content
+from shared.nodes.base import Node
 from shared.p2p import httpapi as api
 
 StartResponse = Callable[..., Any]
@@ -62,7 +61,11 @@ _STATUS = {
     405: "405 Method Not Allowed",
     500: "500 Internal Server Error",
     502: "502 Bad Gateway",
+    503: "503 Service Unavailable",
 }
+# Who may read /metrics (``Options.metrics``): whoever may read every target; anyone;
+# nobody (404).
+METRICS_MODES = ("auth", "open", "off")
 
 
 def _log(message: str) -> None:
@@ -81,10 +84,18 @@ class HttpError(Exception):
 
 
 class _Pool:
-    """A target's idle backends; ``keep`` of them are kept open."""
+    """A target's idle backends; ``keep`` of them are kept open. ``wrap``: the layer
+    the metrics observe each node through."""
 
-    def __init__(self, target: Target, config_path: Path, keep: int) -> None:
+    def __init__(
+        self,
+        target: Target,
+        config_path: Path,
+        keep: int,
+        wrap: Callable[[Node], Node] | None = None,
+    ) -> None:
         self.target, self.config_path, self.keep = target, config_path, keep
+        self.wrap = wrap
         self._idle: list[ClusterBackend] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -94,7 +105,7 @@ class _Pool:
             with self._lock:
                 if self._idle:
                     return self._idle.pop()
-        backend = open_backend(self.target, self.config_path, _log)
+        backend = open_backend(self.target, self.config_path, _log, self.wrap)
         if bypass:
             try:
                 backend.bypass(bypass)
@@ -164,6 +175,11 @@ class _LockTable:
             del self._held[lockid]
         held.release()
 
+    def holds(self, target: str, lockid: str) -> bool:
+        with self._cond:
+            held = self._held.get(lockid)
+            return held is not None and held.target == target
+
     def _expire(self) -> None:
         with self._cond:
             while not self._stop:
@@ -192,20 +208,44 @@ class _LockTable:
 
 # -- request bodies ----------------------------------------------------------------
 
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
 
 class _Body:
     """A put's body as a Readable of at most ``length`` bytes; ``valid()`` (after the
-    last byte) is whether the body had exactly ``length`` bytes."""
+    last byte) is whether the body had exactly ``length`` bytes. A client that went
+    away, stayed silent for the timeout or sent too slowly (``httpguard``) ends it
+    ``short``, with one error for the store to fail on; nothing more is read then
+    (the connection is closed after the answer)."""
 
     def __init__(self, stream: Any, length: int) -> None:
         self.stream, self.left, self.length = stream, length, length
         self.short = False
+        sock = getattr(stream, "sock", None)  # httpguard's body knows its socket
+        tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._sock = sock if tcp else None
+
+    def _ack(self) -> None:
+        """Acknowledge what has arrived before waiting for more. git-annex sends a put's
+        headers, its body and the chunked end in separate small writes with Nagle's
+        algorithm on, so each waits for the ACK of the one before, which Linux delays
+        up to 40 ms on a kept-alive connection: two such waits made a 4 KiB put take
+        60 ms instead of 25. TCP_QUICKACK sends the ACK now; it lasts only until the
+        next one, hence before every read. It changes nothing but when ACKs go out."""
+        if self._sock is not None and _QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
     def read(self, n: int = -1, /) -> bytes:
-        if self.left <= 0:
+        if self.left <= 0 or self.short:
             return b""
         want = self.left if n < 0 else min(n, self.left)
-        data: bytes = self.stream.read(min(want, 1024 * 1024))
+        try:
+            self._ack()
+            data: bytes = self.stream.read(min(want, 1024 * 1024))
+        except (OSError, ValueError) as e:  # timed out, too slow, reset, bad chunks
+            self.short = True
+            raise ClusterError(f"the client stopped sending: {_line(e)}") from None
         if not data:
             self.short = True
             return b""
@@ -213,11 +253,13 @@ class _Body:
         return data
 
     def valid(self) -> bool:
-        while self.left > 0 and not self.short:
-            self.read(1024 * 1024)
-        if self.short:
-            return False
-        return not self.stream.read(1)  # a longer body than announced is invalid too
+        with contextlib.suppress(ClusterError):
+            while self.left > 0 and not self.short:
+                self.read(1024 * 1024)
+            if not self.short:
+                self._ack()
+                return not self.stream.read(1)  # a longer body than announced is invalid
+        return False
 
 
 # -- the application ---------------------------------------------------------------
@@ -243,7 +285,15 @@ class _Request:
 
 
 class HttpGateway:
-    """The WSGI application."""
+    """The WSGI application.
+
+    ``metrics``: who may read ``/metrics`` (``METRICS_MODES``). It names the targets
+    and their nodes and counts the traffic (never keys or users), so by default it
+    takes what reading every target takes: a user of the users file not limited to
+    some targets (any access), or nobody when ``--unauth-readonly`` (or wider) lets
+    anyone read. ``open`` is for a listener only the operator reaches (a unix socket,
+    loopback behind a reverse proxy that forwards ``/git-annex/`` only).
+    ``/health`` needs nothing and tells nothing but whether the server serves."""
 
     def __init__(
         self,
@@ -252,10 +302,18 @@ class HttpGateway:
         users: httpusers.Users,
         jobs: int,
         log: Callable[[str], None] = _log,
+        metrics: str = "auth",
+        access_log: httpmetrics.AccessLog | None = None,
     ) -> None:
+        if metrics not in METRICS_MODES:
+            raise ClusterError(f"--metrics is one of {', '.join(METRICS_MODES)}, not {metrics}")
         self.config = GatewayConfig.load(config_path)
         self.policy, self.users, self.jobs, self.log = policy, users, jobs, log
         self.locks = _LockTable()
+        self.metrics_mode = metrics
+        self.metrics = httpmetrics.HttpMetrics(lambda: len(self.locks))
+        self.access_log = access_log or httpmetrics.AccessLog()
+        self.stopping = threading.Event()  # /health answers 503 from then on
         self._pools: dict[str, _Pool] = {}
         self._pools_lock = threading.Lock()
 
@@ -270,7 +328,9 @@ class HttpGateway:
         with self._pools_lock:
             pool = self._pools.get(target.uuid)
             if pool is None:
-                pool = self._pools[target.uuid] = _Pool(target, self.config.path, self.jobs)
+                pool = self._pools[target.uuid] = _Pool(
+                    target, self.config.path, self.jobs, self.metrics.observe(target.name)
+                )
             return pool
 
     def _target(self, uuid: str) -> Target:
@@ -285,62 +345,108 @@ class HttpGateway:
         return target
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        started = time.monotonic()
-        who = ["-"]
         method = environ.get("REQUEST_METHOD", "")
         raw = str(environ.get("REQUEST_URI") or environ.get("PATH_INFO", ""))
         shown = raw.partition("?")[0]
-
-        def done(status: int, sent: int) -> None:
-            took = time.monotonic() - started
-            addr = environ.get("REMOTE_ADDR") or "unix"
-            self.log(f'{addr} {who[0]} "{method} {shown}" {status} {sent} {took:.3f}s')
-
+        rec = httpmetrics.Exchange(
+            method, environ.get("REMOTE_ADDR") or "unix", forwarded=_forwarded_for(environ)
+        )
+        counted = _CountingInput(environ.get("wsgi.input"))
+        environ["wsgi.input"] = counted
         try:
-            status, headers, body = self._handle(environ, method, raw, who)
+            status, headers, body = self._handle(environ, method, raw, rec)
         except HttpError as e:
             status, headers, body = e.status, e.headers, _one(f"{e}\n".encode())
             if status >= 500 or status == 400:
                 self.log(f"{method} {shown}: {e}")
+        except Exception as e:  # a fault of ours: one line, and the server goes on
+            status, headers, body = 500, [], _one(b"internal error\n")
+            self.log(f"{method} {shown}: internal error: {_line(e)}")
         start_response(_STATUS.get(status, f"{status} Error"), headers)
-        return _Logged(body, lambda sent: done(status, sent))
+        rec.status = status
 
-    def _handle(self, environ: Environ, method: str, raw: str, who: list[str]) -> _Response:
+        def done(sent: int, complete: bool) -> None:
+            rec.bytes_in, rec.bytes_out, rec.aborted = counted.count, sent, not complete
+            rec.duration = time.monotonic() - rec.started
+            if rec.in_flight:
+                self.metrics.in_flight.labels(rec.operation).dec()
+            self.metrics.request_done(rec)
+            self.access_log.write(rec.record())
+
+        return _Logged(body, done)
+
+    def _handle(
+        self, environ: Environ, method: str, raw: str, rec: httpmetrics.Exchange
+    ) -> _Response:
         path, _, query = raw.partition("?")
         if path == "/health":
-            return 200, [("Content-Type", "text/plain")], _one(b"ok\n")
+            rec.operation = "health"
+            return self._health()
+        if path == "/metrics":
+            rec.operation = "metrics"
+            return self._metrics(environ, rec)
         try:
             route = api.parse_path(path)
         except api.HttpApiError as e:
             raise HttpError(e.status, str(e)) from None
+        rec.operation = route.operation
+        self.metrics.in_flight.labels(route.operation).inc()
+        rec.in_flight = True
         target = self._target(route.uuid)
+        rec.target, rec.target_name = target.uuid, target.name
+        if route.key is not None:
+            rec.key = str(route.key)
         try:
             params = api.parse_query(query, route)
         except api.HttpApiError as e:
             raise HttpError(e.status, str(e)) from None
+        if params.key is not None:
+            rec.key = str(params.key)
         want = "GET" if route.operation == api.GET else "POST"
         if method != want and not (want == "GET" and method == "HEAD"):
             raise HttpError(405, f"{route.operation} is {want}", [("Allow", want)])
-        secure = environ.get("wsgi.url_scheme") == "https"
-        credentials = api.parse_basic_auth(environ.get("HTTP_AUTHORIZATION"))
-        try:
-            who[0] = httpusers.decide(
-                self.policy,
-                self.users,
-                credentials,
-                secure,
-                target.name,
-                _ACTIONS[route.operation],
-            )
-        except httpusers.Denied as e:
-            extra = [("WWW-Authenticate", api.challenge())] if e.status == 401 else []
-            raise HttpError(e.status, str(e), extra) from None
-        if credentials is not None:
-            who[0] = credentials[0] if who[0] != "-" else "-"
+        rec.user = self._authorize(environ, target.name, _ACTIONS[route.operation])
         req = _Request(environ, route, params, target, self._pool(target))
         handler = getattr(self, "_op_" + route.operation.replace("-", "_"))
         result: _Response = handler(req)
         return result
+
+    def _authorize(self, environ: Environ, target: str, action: str) -> str:
+        """The user allowed to do ``action`` on ``target`` (``-``: no credentials
+        needed); 401 or 403 otherwise. Nothing reaches a node before this."""
+        secure = environ.get("wsgi.url_scheme") == "https"
+        credentials = api.parse_basic_auth(environ.get("HTTP_AUTHORIZATION"))
+        try:
+            who = httpusers.decide(self.policy, self.users, credentials, secure, target, action)
+        except httpusers.Denied as e:
+            extra = [("WWW-Authenticate", api.challenge())] if e.status == 401 else []
+            raise HttpError(e.status, str(e), extra) from None
+        return who if credentials is not None else "-"
+
+    def _health(self) -> _Response:
+        """200 while serving; 503 once shutting down, or when the users file cannot be
+        read (every request with credentials would fail). Cheap: no node is asked."""
+        if self.stopping.is_set():
+            return 503, [("Content-Type", "text/plain")], _one(b"stopping\n")
+        try:
+            self.users.load()  # a stat; the file is read again only when it changed
+        except ClusterError as e:
+            return 503, [("Content-Type", "text/plain")], _one(f"{e}\n".encode())
+        return 200, [("Content-Type", "text/plain")], _one(b"ok\n")
+
+    def _metrics(self, environ: Environ, rec: httpmetrics.Exchange) -> _Response:
+        if self.metrics_mode == "off":
+            raise HttpError(404, "metrics are off (--metrics off)")
+        if self.metrics_mode == "auth":
+            try:
+                # "" is no target's name: only a user not limited to targets reaches it.
+                rec.user = self._authorize(environ, "", httpusers.READ)
+            except HttpError as e:
+                if e.status == 403:
+                    raise HttpError(403, "metrics need a user who may read every target") from None
+                raise
+        body, content_type = self.metrics.render(environ.get("HTTP_ACCEPT", ""))
+        return 200, [("Content-Type", content_type), ("Content-Length", str(len(body)))], [body]
 
     # -- operations ---------------------------------------------------------------
 
@@ -388,26 +494,32 @@ class HttpGateway:
         return self._json(api.LockResult(True, lockid), req.version)
 
     def _op_keeplocked(self, req: _Request) -> _Response:
-        """Long polling: the lock is released when the client says unlock; if the
-        connection ends first, it expires in its own time (the spec's rule)."""
+        """Long polling: the lock is released when the client says unlock, or when its
+        request ends without that (the client is gone: git annex p2phttp lets go then,
+        as our ssh ``serve`` does when its session ends). A client silent for the
+        timeout may still rely on the lock (a stock client sends nothing between its
+        first line and its unlock): its worker is let go, the lock stays until it
+        expires, which also ends a keeplocked that outlives it."""
         assert req.params.lockid is not None
+        target, lockid = req.target.uuid, req.params.lockid
         stream = req.environ["wsgi.input"]
         splitter = api.LineSplitter()
-        unlock = False
+        release = False
         try:
-            while not unlock:
-                # One byte at a time (from the chunk cheroot holds): its ChunkedRFile's
-                # readline never returns at a newline, and read(n) waits for n bytes.
+            while not release and self.locks.holds(target, lockid):
+                # A byte at a time: read(n) waits for n bytes.
                 data = stream.read(1)
                 lines = splitter.feed(data) if data else splitter.end()
                 for line in lines:
-                    unlock = unlock or api.parse_unlock(line).unlock
-                if not data:
-                    break
+                    release = release or api.parse_unlock(line).unlock
+                release = release or not data
+        except TimeoutError as e:
+            self.log(f"keeplocked {lockid}: {_line(e)}; the lock stays until it expires")
         except (OSError, ValueError, api.HttpApiError) as e:
-            self.log(f"keeplocked {req.params.lockid}: {_line(e)}; the lock expires in its time")
-        if unlock:
-            self.locks.release(req.target.uuid, req.params.lockid)
+            self.log(f"keeplocked {lockid}: {_line(e)}; the lock is released")
+            release = True
+        if release:
+            self.locks.release(target, lockid)
         return self._json(api.LockResult(False), req.version)
 
     def _op_putoffset(self, req: _Request) -> _Response:
@@ -544,16 +656,19 @@ class _Download:
 
 
 class _Logged:
-    """A response body that counts what went out and reports when it is closed."""
+    """A response body that counts what went out and reports when it is closed:
+    ``done(bytes sent, whether the body was sent to its end)``."""
 
-    def __init__(self, body: Iterable[bytes], done: Callable[[int], None]) -> None:
+    def __init__(self, body: Iterable[bytes], done: Callable[[int, bool], None]) -> None:
         self.body, self.done = body, done
         self.sent = 0
+        self.complete = False
 
     def __iter__(self) -> Iterator[bytes]:
         for block in self.body:
             self.sent += len(block)
             yield block
+        self.complete = True
 
     def close(self) -> None:
         try:
@@ -561,7 +676,35 @@ class _Logged:
             if close is not None:
                 close()
         finally:
-            self.done(self.sent)
+            self.done(self.sent, self.complete)
+
+
+class _CountingInput:
+    """``wsgi.input``, counting the bytes read from it (the access log's bytes_in)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def read(self, size: int | None = None, /) -> bytes:
+        data: bytes = self.stream.read() if size is None else self.stream.read(size)
+        self.count += len(data)
+        return data
+
+    def readline(self, size: int | None = None, /) -> bytes:
+        data: bytes = self.stream.readline() if size is None else self.stream.readline(size)
+        self.count += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _forwarded_for(environ: Environ) -> str | None:
+    """The X-Forwarded-For a reverse proxy set (the guide's nginx sets it to the
+    client's address), for the access log only: never trusted for anything else."""
+    value = environ.get("HTTP_X_FORWARDED_FOR")
+    return None if value is None else str(value)[:200]
 
 
 # -- the command ---------------------------------------------------------------------
@@ -580,6 +723,8 @@ class Options:
     jobs: int = 16
     timeout: float = 60.0
     policy: httpusers.Policy = field(default_factory=httpusers.Policy)
+    metrics: str = "auth"  # who may read /metrics: METRICS_MODES
+    access_log: Path | None = None  # None: stderr
 
 
 def run(opts: Options) -> int:
@@ -589,11 +734,24 @@ def run(opts: Options) -> int:
 
     if (opts.certfile is None) != (opts.privatekeyfile is None):
         raise ClusterError("--certfile and --privatekeyfile go together (both for HTTPS)")
-    app = HttpGateway(opts.config, opts.policy, httpusers.Users(Path()), opts.jobs)
+    try:
+        access_log = httpmetrics.AccessLog(opts.access_log)
+    except OSError as e:
+        raise ClusterError(
+            f"cannot open the access log {opts.access_log}: {e.strerror or e}"
+        ) from None
+    app = HttpGateway(
+        opts.config,
+        opts.policy,
+        httpusers.Users(Path()),
+        opts.jobs,
+        metrics=opts.metrics,
+        access_log=access_log,
+    )
     app.users = httpusers.Users(opts.users or users_path(app.config.path))
     app.users.load()  # a broken file is an error now, not at the first request
     bind: str | tuple[str, int] = str(opts.socket) if opts.socket else (opts.bind, opts.port)
-    server = wsgi.Server(
+    server = httpguard.Server(
         bind,
         app,
         numthreads=opts.jobs,
@@ -603,7 +761,7 @@ def run(opts: Options) -> int:
         server_name="git-annex-remote-proxy",
     )
     if opts.certfile is not None and opts.privatekeyfile is not None:
-        server.ssl_adapter = BuiltinSSLAdapter(
+        server.ssl_adapter = httpguard.TLSAdapter(
             str(opts.certfile),
             str(opts.privatekeyfile),
             str(opts.chainfile) if opts.chainfile else None,
@@ -611,6 +769,7 @@ def run(opts: Options) -> int:
     stop = threading.Event()
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
+        app.stopping.set()  # /health says 503 while requests in flight finish
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -633,5 +792,6 @@ def run(opts: Options) -> int:
         server.stop()
         thread.join(timeout=10)
         app.close()
+        access_log.close()
         _log("stopped")
     return 0

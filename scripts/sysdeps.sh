@@ -12,6 +12,10 @@ for pkg in "$@"; do
     # Debian's git-annex (10.20230126) is the old client of the compatibility tests;
     # the current git-annex comes from PyPI into the virtualenv.
     git-annex) have() { test -x /usr/bin/git-annex; } ;;
+    # docs/deploy-http.md's nginx site and nftables ruleset are tested as written:
+    # the tests run their own nginx (-c, on loopback ports) and only check rules (nft -c).
+    nginx) have() { test -x /usr/sbin/nginx; } ;;
+    nftables) have() { test -x /usr/sbin/nft; } ;;
     *) echo "sysdeps.sh: unknown package $pkg" >&2; exit 2 ;;
   esac
   have || missing="$missing $pkg"

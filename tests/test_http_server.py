@@ -295,6 +295,24 @@ def test_testremote_through_the_http_server(
     assert passed >= 122, (proc.stdout + proc.stderr)[-4000:]
 
 
+def run_in_all(repos: list[Repo], *args: str, timeout: float = 300) -> None:
+    """``git annex ARGS`` in every repository at once; each must succeed."""
+    procs = [
+        subprocess.Popen(
+            ["git", "annex", *args],
+            cwd=r.path,
+            env=r.client.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in repos
+    ]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+
+
 @pytest.mark.slow
 def test_sixteen_clients_at_once(
     tmp_path: Path, pypi_client: Client, server: Server, gateway: tuple[Path, dict[str, Path]]
@@ -305,23 +323,7 @@ def test_sixteen_clients_at_once(
     repos = [http_repo(tmp_path / f"c{i}", pypi_client, server, "archive", "rw") for i in range(16)]
     keys = [add_file(r, f"f{i}.bin", 300_000) for i, r in enumerate(repos)]
 
-    def run_all(*args: str) -> None:
-        procs = [
-            subprocess.Popen(
-                ["git", "annex", *args],
-                cwd=r.path,
-                env=r.client.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for r in repos
-        ]
-        outs = [p.communicate(timeout=300)[0] for p in procs]
-        assert all(p.returncode == 0 for p in procs), outs
-
-    run_all("copy", "--to", "gw", ".")
+    run_in_all(repos, "copy", "--to", "gw", ".")
     assert {p.name for p in objects(dirs["n1"])} == set(keys)
-    run_all("drop", ".")
-    run_all("get", ".")
+    run_in_all(repos, "drop", ".")
+    run_in_all(repos, "get", ".")

@@ -11,9 +11,7 @@ import argparse
 import sys
 import traceback
 
-from git_annex_remote_cluster import __version__
 from shared.errors import ClusterError
-from shared.ops import nodecli
 
 
 def _protocol() -> int:
@@ -65,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: git-annex waits for the remote's start-up.
+    from git_annex_remote_cluster import __version__
+    from shared.ops import nodecli
+
     p = argparse.ArgumentParser(
         prog="git-annex-remote-cluster",
         description="A git-annex external special remote that stores content on a cluster of "

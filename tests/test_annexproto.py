@@ -328,6 +328,37 @@ def test_progress_meter_timer_sends_and_stops_before_reply() -> None:
     assert out.getvalue().decode().split("\n")[:-1] == lines
 
 
+def test_progress_meter_of_a_short_transfer_starts_no_thread() -> None:
+    """A small file's transfer is a few round trips: no timer thread per file, only the
+    last PROGRESS, which leaves with the reply (one write)."""
+    out = io.BytesIO()
+
+    def store(self: Dummy, key: str, local_file: str) -> None:
+        with self.annex.progress_meter(interval=0.001, size=4096) as add:
+            self.seen.append([t.name for t in threading.enumerate()])
+            add(4096)
+            time.sleep(0.01)
+            self.seen.append(out.getvalue())
+
+    status, lines, (remote,) = converse(["TRANSFER STORE k /f"], {"transfer_store": store}, out)
+    assert status == 0 and lines[1:] == ["PROGRESS 4096", "TRANSFER-SUCCESS STORE k"]
+    during, written = remote.seen
+    assert isinstance(during, list) and "annexproto-progress" not in during
+    assert written == b"VERSION 2\n"  # nothing sent while it ran
+
+
+def test_debug_lines_leave_with_the_next_flushed_message() -> None:
+    out = io.BytesIO()
+
+    def prepare(self: Dummy) -> None:
+        self.annex.debug("one")
+        self.seen.append(out.getvalue())
+
+    status, lines, (remote,) = converse(["PREPARE"], {"prepare": prepare}, out)
+    assert status == 0 and lines[1:] == ["DEBUG one", "PREPARE-SUCCESS"]
+    assert remote.seen == [b"VERSION 2\n"]
+
+
 def test_progress_meter_silent_when_unchanged() -> None:
     def store(self: Dummy, key: str, local_file: str) -> None:
         with self.annex.progress_meter(start=5, interval=0.001):

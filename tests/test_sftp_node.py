@@ -22,7 +22,7 @@ from node_conformance import (
 from sshd import SSHDFactory, ssh_config_for
 
 import shared.nodes.sftp as sftp_module
-from shared.errors import ConfigError, NodeError, Unavailable
+from shared.errors import BadReplica, ConfigError, NodeError, Unavailable
 from shared.nodes.base import Node
 from shared.nodes.retry import RetryingNode
 from shared.nodes.sftp import SFTPNode, parse_sftp_url
@@ -216,6 +216,69 @@ def test_short_reads_do_not_start_remote_commands(tmp_path: Path, pool: SSHPool)
     sink = io.BytesIO()
     node.retrieve(key, sink)
     assert sink.getvalue() == data and node._exec_ok is None  # never probed
+
+
+def _channel_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record every write of SFTP requests to the channel: each is a round trip when,
+    as in a retrieve, the client waits for its replies before it sends more."""
+    real = SFTPSession._write_all
+    writes: list[int] = []
+
+    def write_all(self: SFTPSession, out: bytes) -> None:
+        writes.append(len(out))
+        real(self, out)
+
+    monkeypatch.setattr(SFTPSession, "_write_all", write_all)
+    return writes
+
+
+@pytest.mark.parametrize("offset", [0, 1000])
+def test_a_small_object_is_read_in_two_round_trips(
+    tmp_path: Path, pool: SSHPool, monkeypatch: pytest.MonkeyPatch, offset: int
+) -> None:
+    """Small gets are bound by round trips to the node: one finds and opens the object,
+    one reads it and closes it (it took four: find, open, read, close)."""
+    root = tmp_path / "n"
+    root.mkdir()
+    node = sftp_node(pool, root)
+    data = payload(4096)
+    key = make_key(data)
+    node.store(key, io.BytesIO(data), len(data))
+    writes = _channel_writes(monkeypatch)
+    sink = io.BytesIO()
+    node.retrieve(key, sink, offset)
+    assert sink.getvalue() == data[offset:]
+    assert len(writes) == 2
+
+
+def test_a_directory_remotes_mixed_case_layout_is_read_and_checked(
+    tmp_path: Path, pool: SSHPool
+) -> None:
+    """Where this remote does not store (git-annex's directory remote's mixed-case hash
+    directories) a read still finds the object; one of the wrong size where this
+    remote stores does not hide it, and alone it is a bad replica, not the key."""
+    root = tmp_path / "n"
+    root.mkdir()
+    node = sftp_node(pool, root)
+    data = payload(5000)
+    key = make_key(data)
+    mixed = root / key.hashdirmixed / key.file_name / key.file_name
+    mixed.parent.mkdir(parents=True)
+    mixed.write_bytes(data)
+    sink = io.BytesIO()
+    node.retrieve(key, sink, 10)
+    assert sink.getvalue() == data[10:]
+    lower = root / key.hashdirlower / key.file_name / key.file_name
+    lower.parent.mkdir(parents=True)
+    lower.write_bytes(data[:100])
+    sink = io.BytesIO()
+    node.retrieve(key, sink)
+    assert sink.getvalue() == data
+    mixed.unlink()
+    sink = io.BytesIO()
+    with pytest.raises(BadReplica):
+        node.retrieve(key, sink)
+    assert sink.getvalue() == b""
 
 
 def _fsync_answers(monkeypatch: pytest.MonkeyPatch, status: int) -> list[int]:

@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -494,3 +495,22 @@ def test_send_all_on_a_closed_channel_raises_instead_of_spinning() -> None:
     chan = _SmallWindowChannel(1000, closed_after=2000)
     with pytest.raises(EOFError):
         send_all(chan, b"x" * 5000)  # type: ignore[arg-type]
+
+
+def test_start_up_defers_invoke_and_match_exec_still_works(tmp_path: Path) -> None:
+    """paramiko imports invoke (and with it asyncio, ssl and unittest.mock) for
+    ssh_config's ``Match exec`` alone: a quarter of a second of CPU in every remote
+    process. It is loaded when a ``Match exec`` line needs it, and then works."""
+    config = tmp_path / "config"
+    config.write_text("Match exec true\n  User matched\nMatch exec false\n  Port 2\n")
+    script = (
+        "import sys\n"
+        "import shared.nodes.sftp, paramiko\n"
+        "print(sorted({'invoke.context', 'asyncio', 'ssl', 'unittest.mock'} & set(sys.modules)))\n"
+        f"options = paramiko.SSHConfig.from_path({str(config)!r}).lookup('h')\n"
+        "print(options.get('user'), options.get('port'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    assert out == ["[]", "matched None"]

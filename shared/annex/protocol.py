@@ -30,6 +30,10 @@ Availability = Literal["global", "local", "unavailable"]
 SUPPORTED_EXTENSIONS = frozenset({"INFO", "GETGITREMOTENAME", "UNAVAILABLERESPONSE"})
 """Extensions we accept when offered; git-annex rejects replies naming others."""
 
+SHORT_TRANSFER = 256 * 1024
+"""Transfers this short get no PROGRESS timer: at 1 MiB/s they are over within the
+timer's half-second interval anyway."""
+
 
 def escape(text: str) -> str:
     """Make ``text`` safe inside one protocol line."""
@@ -148,13 +152,22 @@ class ProgressMeter:
     thread sends ``PROGRESS`` at most every ``interval`` seconds if it changed.
     """
 
-    def __init__(self, master: AnnexMaster, start: int, interval: float) -> None:
+    def __init__(
+        self, master: AnnexMaster, start: int, interval: float, timer: bool = True
+    ) -> None:
+        """``timer=False``: no thread, only the PROGRESS sent on exit (a transfer too
+        short for the timer to matter, where starting and joining a thread per file
+        costs more than the transfer's own work)."""
         self._master = master
         self._lock = threading.Lock()
         self._value = self._sent = max(0, start)
         self._interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="annexproto-progress", daemon=True)
+        self._thread = (
+            threading.Thread(target=self._run, name="annexproto-progress", daemon=True)
+            if timer
+            else None
+        )
 
     def __call__(self, delta: int) -> None:
         """Add ``delta`` bytes; negative rewinds (e.g. restarting on another node)."""
@@ -165,26 +178,30 @@ class ProgressMeter:
         with self._lock:
             self._value = max(0, absolute)
 
-    def flush(self) -> None:
-        """Send PROGRESS now if the value changed since the last one sent."""
+    def flush(self, *, now: bool = True) -> None:
+        """Send PROGRESS if the value changed since the last one sent; ``now=False``:
+        it leaves with the next message flushed (the reply that follows at once)."""
         with self._lock:
             if self._value != self._sent:
                 self._sent = self._value
-                self._master.progress(self._value)
+                self._master._send_lines(f"PROGRESS {self._value}", flush=now)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.flush()
+            self._master.flush()  # DEBUG lines waiting (see AnnexMaster.debug)
 
     def __enter__(self) -> ProgressMeter:
-        self._thread.start()
+        if self._thread is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         """Join the timer before the final flush so nothing follows the reply."""
         self._stop.set()
-        self._thread.join()
-        self.flush()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush(now=False)
 
 
 class AnnexMaster(annexremote.Master):  # type: ignore[misc]
@@ -210,11 +227,23 @@ class AnnexMaster(annexremote.Master):  # type: ignore[misc]
     def _send(self, *args: object) -> None:
         self._send_lines(" ".join(map(str, args)))
 
-    def _send_lines(self, *messages: str) -> None:
+    def _send_lines(self, *messages: str, flush: bool = True) -> None:
         with self._write_lock:
             for message in messages:
                 self.output.write(escape(message) + "\n")
+            if flush:
+                self.output.flush()
+
+    def flush(self) -> None:
+        with self._write_lock:
             self.output.flush()
+
+    def debug(self, *args: object) -> None:
+        """DEBUG, left in the buffer until the next message that is flushed: the reply
+        to the request being served, a request of ours, or a timed PROGRESS (at most
+        ``progress_interval`` later during a transfer). A flush per line is a write,
+        and a wake-up of git-annex, per file for nothing when --debug is off."""
+        self._send_lines(" ".join(["DEBUG", *map(str, args)]), flush=False)
 
     def say(self, message: str) -> None:
         """Show ``message`` to the user if git-annex can (INFO), else log it (DEBUG)."""
@@ -224,12 +253,22 @@ class AnnexMaster(annexremote.Master):  # type: ignore[misc]
         lines = traceback.format_exception(exc)
         self._send_lines(*(f"DEBUG {line}" for chunk in lines for line in chunk.splitlines()))
 
-    def progress_meter(self, start: int = 0, *, interval: float | None = None) -> ProgressMeter:
+    def progress_meter(
+        self, start: int = 0, *, interval: float | None = None, size: int | None = None
+    ) -> ProgressMeter:
         """``with master.progress_meter() as add:`` reports a transfer on a timer.
 
         The last PROGRESS is sent on exit, before the handler returns its reply.
+        ``size``: the transfer's length where known; one of at most ``SHORT_TRANSFER``
+        bytes gets no timer (it takes a few round trips, and starting and joining a
+        thread per file costs about as much as one).
         """
-        return ProgressMeter(self, start, self.progress_interval if interval is None else interval)
+        return ProgressMeter(
+            self,
+            start,
+            self.progress_interval if interval is None else interval,
+            timer=size is None or size > SHORT_TRANSFER,
+        )
 
     def Listen(self, stream: BinaryIO) -> int:
         """Serve requests until EOF (0) or a fatal error (1, after DEBUG+ERROR)."""

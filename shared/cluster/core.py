@@ -424,9 +424,9 @@ class Cluster:
     # -- retrieve -----------------------------------------------------------
 
     def retrieve_order(self, key: Key) -> list[Node]:
-        """Cheapest first; among equal costs, the key's rendezvous order (likeliest holders)."""
-        ranked = self.order(key)
-        return sorted(ranked, key=lambda n: (n.cost, ranked.index(n)))
+        """Cheapest first; among equal costs, the key's rendezvous order (likeliest holders:
+        the sort is stable)."""
+        return sorted(self.order(key), key=lambda n: n.cost)
 
     def _read_order(self, key: Key, noted: set[str]) -> list[Node]:
         """``retrieve_order``, the nodes ``noted`` as holding a bad copy of the key last."""

@@ -413,7 +413,7 @@ class ClusterRemote(Remote):
 
     def transfer_store(self, key: str, local_file: str) -> None:
         k = self._key(key)
-        with self.annex.progress_meter() as meter:
+        with self.annex.progress_meter(size=k.content_size) as meter:
             try:
                 outcome = self.cluster.store(k, local_file, meter)
             except StoreFailed as e:
@@ -428,7 +428,7 @@ class ClusterRemote(Remote):
 
     def transfer_retrieve(self, key: str, local_file: str) -> None:
         k = self._key(key)
-        with self.annex.progress_meter() as meter:
+        with self.annex.progress_meter(size=k.content_size) as meter:
             try:
                 self.cluster.retrieve(k, local_file, meter)
             except RetrieveFailed as e:

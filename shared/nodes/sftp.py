@@ -108,6 +108,7 @@ class SFTPNode(Node):
         super().__init__(spec)
         self.target, self.root = parse_sftp_url(spec)
         self._pool = pool
+        self._conn: SSHConnection | None = None  # the pool's, kept while it is alive
         self._tmp_checked = False
         self._exec_ok: bool | None = None  # downloads through an exec channel (probed once)
 
@@ -124,7 +125,9 @@ class SFTPNode(Node):
         """An SFTP session; errors leave as our types, naming the node and the operation."""
         conn: SSHConnection | None = None
         try:
-            conn = self.pool.connection(self.target)
+            conn = self._conn
+            if conn is None or not conn.alive():  # asking the pool stats ~/.ssh/config
+                conn = self._conn = self.pool.connection(self.target)
             yield conn.sftp()
         except NodeError as e:
             if e.node is None:
@@ -618,23 +621,68 @@ class SFTPNode(Node):
                 sftp.chmod(keydir, mode)
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
+        """Two round trips for a small object (they dominate small gets): find and open
+        it, then read it and close it. An object stored elsewhere than this remote
+        stores it (a directory remote's mixed-case layout), or not of the key's size,
+        costs one more: ``_find``."""
         with self._sftp(f"reading {key}") as sftp:
-            found = self._find(sftp, key)
-            if found is None:
-                raise NotFound(f"{key} is not in {self.root} on {self.target}", self.name)
-            path, size = found
-            check_size(key, size, self.name, f"{self.root} on {self.target}")
-            if offset >= size:
-                return
-            # Each exec starts a login shell on the host (tens to hundreds of ms), so
-            # only long reads stream that way; a command line is text, hence UTF-8.
-            if size - offset >= EXEC_MIN and _is_utf8(path) and self._exec_usable():
-                self._retrieve_exec(path, size, offset, sink)
-                return
-            with sftp.open(path, "rb") as src:
-                handle = cast(bytes, src.handle)
+            opened = self._open_stored(sftp, key)
+            handle: bytes | None = None
+            if opened is None:
+                found = self._find(sftp, key)
+                if found is None:
+                    raise NotFound(f"{key} is not in {self.root} on {self.target}", self.name)
+                path, size = found
+                check_size(key, size, self.name, f"{self.root} on {self.target}")
+            else:
+                path, size, handle = opened
+            try:
+                if offset >= size:
+                    return
+                # Each exec starts a login shell on the host (tens to hundreds of ms), so
+                # only long reads stream that way; a command line is text, hence UTF-8.
+                if size - offset >= EXEC_MIN and _is_utf8(path) and self._exec_usable():
+                    self._retrieve_exec(path, size, offset, sink)
+                    return
+                if handle is None:
+                    handle = _handle(_ok(sftp.batch([_open_read(sftp, path)])[0]))
+                    assert handle is not None
+                if size - offset <= READ_REQUEST:
+                    # (A read handle's close cannot fail in a way that matters.)
+                    got, _ = sftp.batch([_read(handle, offset, size - offset), _close(handle)])
+                    handle = None
+                    data = _data(got)
+                    if data:
+                        sink.write(data)
+                    if len(data) != size - offset:  # as read_stream: the file changed
+                        raise EOFError(f"file ended at byte {offset + len(data)} of {size}")
+                    return
                 for data in sftp.read_stream(handle, offset, size, READ_REQUEST, READ_DEPTH):
                     sink.write(data)
+            finally:
+                if handle is not None:  # as paramiko's close: a failure here changes nothing
+                    with suppress(OSError, EOFError, paramiko.SSHException):
+                        sftp.batch([_close(handle)])
+
+    def _open_stored(self, sftp: SFTPSession, key: Key) -> tuple[str, int, bytes] | None:
+        """The key's object where this remote stores it (the lower-case hash
+        directories), opened for reading, and its size: one round trip, a stat and an
+        open that the server runs in order. None when no regular file of the key's
+        size is there (``_find`` then looks everywhere, and tells absent from bad)."""
+        name = key.file_name
+        path = self._path(key.hashdirlower, name, name)
+        found, opened = sftp.batch([_stat(sftp, path), _open_read(sftp, path)])
+        handle = _handle(opened)
+        if handle is not None and not isinstance(found, OSError):
+            attrs = _attrs(found)
+            size = attrs.st_size or 0
+            expected = key.content_size
+            if stat.S_ISREG(attrs.st_mode or 0) and (expected is None or size == expected):
+                return path, size, handle
+        if handle is not None:
+            with suppress(OSError, EOFError):
+                sftp.batch([_close(handle)])
+        return None
 
     def _exec_usable(self) -> bool:
         """Whether downloads can stream through an exec channel on this host (asked once).
@@ -793,6 +841,25 @@ def _open_new(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
     flags = paramiko.sftp.SFTP_FLAG_WRITE | paramiko.sftp.SFTP_FLAG_CREATE
     flags |= paramiko.sftp.SFTP_FLAG_EXCL  # the temp directory is ours alone
     return paramiko.sftp.CMD_OPEN, (sftp._adjust_cwd(path), flags, paramiko.SFTPAttributes())
+
+
+def _open_read(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:
+    flags = paramiko.sftp.SFTP_FLAG_READ
+    return paramiko.sftp.CMD_OPEN, (sftp._adjust_cwd(path), flags, paramiko.SFTPAttributes())
+
+
+def _read(handle: bytes, offset: int, length: int) -> tuple[int, tuple[Any, ...]]:
+    return paramiko.sftp.CMD_READ, (handle, paramiko.sftp.int64(offset), length)
+
+
+def _data(reply: Any) -> bytes:
+    """The bytes of a READ reply (raising the error it carries; EOF: no bytes)."""
+    if isinstance(reply, EOFError):
+        return b""
+    kind, msg = _ok(reply)
+    if kind != paramiko.sftp.CMD_DATA:
+        raise paramiko.SFTPError(f"expected data, got reply type {kind}")
+    return cast(bytes, msg.get_string())
 
 
 def _open_rw(sftp: SFTPSession, path: str) -> tuple[int, tuple[Any, ...]]:

@@ -247,8 +247,9 @@ class SFTPSession(paramiko.SFTPClient):
     def batch(self, requests: Sequence[tuple[int, tuple[Any, ...]]]) -> list[Any]:
         """Send several requests before reading any reply: one round trip, not one each.
 
-        Each result is ``(reply type, message)``, or the OSError that request got;
-        the server handles requests in order, so later ones may rely on earlier ones.
+        Each result is ``(reply type, message)``, or the OSError that request got
+        (EOFError for a read past the end); the server handles requests in order, so
+        later ones may rely on earlier ones.
         """
         with self._send_lock:
             # One channel write for the lot: one SSH packet (each costs as much CPU
@@ -267,7 +268,7 @@ class SFTPSession(paramiko.SFTPClient):
         for num in nums:
             try:
                 results.append(self._read_response(num))
-            except OSError as e:
+            except (OSError, EOFError) as e:
                 results.append(e)
         return results
 

@@ -467,6 +467,25 @@ def test_chunked_listing_needs_every_chunk(tmp_path: Path) -> None:
     assert [str(k) for k in node.list_keys()] == [str(whole)]
 
 
+def test_listing_names_only_objects_whose_file_is_there(tmp_path: Path) -> None:
+    """What the maintenance commands count as held: a key directory whose file a cut
+    short removal took away holds nothing, and neither do tmp/, stray files or files
+    at the wrong depth; the listing and the byte count agree."""
+    node = file_node(tmp_path)
+    kept, emptied = make_key(payload(5)), make_key(payload(6, seed=1))
+    for key, size in ((kept, 5), (emptied, 6)):
+        node.store(key, io.BytesIO(payload(size, seed=0 if key == kept else 1)), size)
+    husk = tmp_path / emptied.hashdirlower / emptied.file_name
+    os.chmod(husk / emptied.file_name, 0o644)
+    (husk / emptied.file_name).unlink()  # the removal was killed before its rmdir
+    (tmp_path / "tmp" / "x").mkdir(parents=True)
+    (tmp_path / "abc").mkdir(exist_ok=True)
+    (tmp_path / "abc" / "stray").write_bytes(b"not an object")
+    assert list(node.list_names()) == [kept.file_name]
+    assert [str(k) for k in node.list_keys()] == [str(kept)]
+    assert node.used() == 5
+
+
 # -- resumable stores (a gateway's uploads) -----------------------------------------
 
 

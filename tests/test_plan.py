@@ -7,11 +7,12 @@ import hashlib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_keys import valid_key_texts
 
 from shared.annex.keys import Key
 from shared.cluster.placement import rendezvous_order, spread_over_zones
 from shared.nodes.url import NodeSpec, NodeState, parse_node
-from shared.ops.inventory import Inventory
+from shared.ops.inventory import Inventory, content_size
 from shared.ops.plan import make_plan
 
 
@@ -146,3 +147,16 @@ def test_no_key_ever_loses_a_copy_it_needs(
                 assert len(state[k]) >= copies
         if active >= copies:
             assert len(state[k]) >= copies
+
+
+@given(valid_key_texts())
+@settings(max_examples=300)
+def test_a_size_read_off_a_key_text_is_the_parsed_keys(text: str) -> None:
+    """Plans read sizes off the inventory's texts instead of parsing every key again."""
+    assert content_size(text) == Key.parse(text).content_size
+
+
+def test_a_text_that_says_no_size_has_none() -> None:
+    for text in ("GPGHMACSHA1--0123abcd", "SHA256E--x.bin", "no-key-here", "", "--x", "A-s1x--y"):
+        assert content_size(text) is None
+    assert content_size("SHA256E-s100-S30-C4--x") == 10  # a chunk's own share

@@ -14,10 +14,14 @@ yet committed sit in ``.git/annex/journal`` (the path with ``_`` doubled and
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import IO
 
 from shared.annex.keys import Key
 from shared.errors import ConfigError, InvalidKey
@@ -25,11 +29,17 @@ from shared.errors import ConfigError, InvalidKey
 BRANCH = "git-annex"
 
 
+def _is_log(path: str) -> bool:
+    """Whether ``path`` is where a location log is (``aaa/bbb/KEY.log``)."""
+    parts = path.split("/")
+    return len(parts) == 3 and parts[2].endswith(".log") and len(parts[0]) == 3
+
+
 def _key_of(path: str) -> Key | None:
     """The key of a location log's path (``aaa/bbb/KEY.log``), None for other files."""
-    parts = path.split("/")
-    if len(parts) != 3 or not parts[2].endswith(".log") or len(parts[0]) != 3:
+    if not _is_log(path):
         return None
+    parts = path.split("/")
     try:
         return Key.from_file_name(parts[2][: -len(".log")])
     except InvalidKey:
@@ -83,7 +93,7 @@ def _journal(cwd: Path) -> dict[str, Path]:
     return out
 
 
-def _branch_logs(cwd: Path) -> Iterator[tuple[str, str]]:
+def _branch_logs(cwd: Path) -> Generator[tuple[str, str], None, None]:
     """(path, blob id) of every location log on the branch, streamed."""
     proc = subprocess.Popen(
         ["git", "ls-tree", "-r", "-z", BRANCH],
@@ -123,8 +133,15 @@ def known_keys(cwd: Path | None = None) -> Iterator[Key]:
             yield key
 
 
+ASK_AHEAD = 4096  # location logs asked of cat-file before their answers are read
+
+
 def keys_in(uuid: str, cwd: Path | None = None) -> Iterator[Key]:
-    """Keys whose location log says ``uuid`` has them (the journal's copy wins)."""
+    """Keys whose location log says ``uuid`` has them (the journal's copy wins).
+
+    A thread feeds the branch's logs to one ``git cat-file --batch`` while this one
+    reads the answers: asking one log at a time costs a round trip per key, most of a
+    million-key scan. A key is parsed only once its log names ``uuid``."""
     where = cwd or Path.cwd()
     journal = _journal(where)
     proc = subprocess.Popen(
@@ -135,32 +152,90 @@ def keys_in(uuid: str, cwd: Path | None = None) -> Iterator[Key]:
         stderr=subprocess.DEVNULL,
     )
     assert proc.stdin is not None and proc.stdout is not None
+    asked: queue.Queue[str | None] = queue.Queue(maxsize=ASK_AHEAD)
+    stop = threading.Event()
+    failed: list[BaseException] = []
+    feeder = threading.Thread(
+        target=_ask_logs,
+        args=(where, proc.stdin, asked, stop, failed),
+        name="location-logs",
+        daemon=True,
+    )
+    feeder.start()
     try:
-        for path, blob in _branch_logs(where):
-            key = _key_of(path)
-            if key is None:
-                continue
+        while (path := asked.get()) is not None:
+            header = proc.stdout.readline().split()
+            data = None
+            if len(header) == 3:  # else "<id> missing": no content follows
+                size = int(header[2])
+                data = proc.stdout.read(size + 1)[:size]
             in_journal = journal.pop(path, None)
             if in_journal is not None:
                 text = in_journal.read_text(errors="replace")
+            elif data is not None:
+                text = data.decode(errors="replace")
             else:
-                proc.stdin.write(blob.encode() + b"\n")
-                proc.stdin.flush()
-                header = proc.stdout.readline().split()
-                if len(header) != 3:  # "<id> missing": no content follows
-                    continue
-                size = int(header[2])
-                text = proc.stdout.read(size + 1)[:size].decode(errors="replace")
-            if uuid in present_uuids(text):
+                continue
+            if uuid in text and uuid in present_uuids(text) and (key := _key_of(path)):
                 yield key
     finally:
-        proc.stdin.close()
-        proc.stdout.close()
+        stop.set()
+        proc.stdout.close()  # a feeder still writing gets a broken pipe, and ends
+        feeder.join()
         proc.wait()
+    if failed:
+        raise failed[0]
     for path, file in journal.items():
         key = _key_of(path)
         if key is not None and uuid in present_uuids(file.read_text(errors="replace")):
             yield key
+
+
+def _ask_logs(
+    where: Path,
+    ask: IO[bytes],
+    asked: queue.Queue[str | None],
+    stop: threading.Event,
+    failed: list[BaseException],
+) -> None:
+    """Write the blob of every location log to ``ask`` and its path to ``asked``, in
+    the same order, then None. Each path is queued after its line is written, and
+    written lines are flushed before waiting for room in the queue: the reader waits
+    only for answers that were asked."""
+    logs = _branch_logs(where)
+    try:
+        for path, blob in logs:
+            if stop.is_set():
+                return
+            if not _is_log(path):
+                continue
+            ask.write(blob.encode() + b"\n")
+            try:
+                asked.put_nowait(path)
+            except queue.Full:
+                ask.flush()
+                while not _put(asked, path, stop):
+                    if stop.is_set():
+                        return
+    except (BrokenPipeError, ValueError):
+        return  # the reader stopped (and closed cat-file's output)
+    except BaseException as e:
+        failed.append(e)
+    finally:
+        logs.close()
+        with contextlib.suppress(OSError, ValueError):
+            ask.close()
+        while not stop.is_set() and not _put(asked, None, stop):
+            pass
+
+
+def _put(asked: queue.Queue[str | None], item: str | None, stop: threading.Event) -> bool:
+    """Queue ``item`` unless the reader stopped; whether it was queued."""
+    try:
+        asked.put(item, timeout=0.2)
+        return True
+    except queue.Full:
+        return stop.is_set()
 
 
 def records(key: Key, uuid: str, git_dir: Path) -> bool:

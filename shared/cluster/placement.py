@@ -76,6 +76,8 @@ def spread_over_zones(order: Sequence[Z]) -> list[Z]:
     replacing one that failed comes from a new zone too. Within that, the order stays
     the key's rendezvous order, so the first choice never changes. A node without a
     zone is a zone of its own."""
+    if all(n.zone is None for n in order):
+        return list(order)  # every node its own zone: the order is already spread
     rest = list(order)
     out: list[Z] = []
     used: set[str] = set()

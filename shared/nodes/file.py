@@ -361,24 +361,30 @@ class FileNode(Node):
         total = 0
         for name, keydir in self._objects():
             try:
-                total += (keydir / name).stat().st_size
+                total += os.stat(f"{keydir}/{name}").st_size
             except OSError:
                 continue  # removed meanwhile
         return total
 
-    def _objects(self) -> Iterator[tuple[str, Path]]:
+    def _objects(self) -> Iterator[tuple[str, str]]:
+        """(name, key directory) of every object directory, as strings: a listing of a
+        million keys is mostly this loop, and a Path per directory cost more than the
+        directory reads themselves."""
         self.check()
-        for top in _subdirs(self.root):
-            if top.name == "tmp":
+        root = str(self.root)
+        for top in _subdirs(root):
+            if top == "tmp":
                 continue
-            for mid in _subdirs(top):
-                for keydir in _subdirs(mid):
-                    yield keydir.name, keydir
+            for mid in _subdirs(f"{root}/{top}"):
+                where = f"{root}/{top}/{mid}"
+                for name in _subdirs(where):
+                    yield name, f"{where}/{name}"
 
     def list_names(self) -> Iterator[str]:
-        """Objects are ``<2 hash dirs>/<name>/<name>``; ``tmp/`` holds stores in progress."""
+        """Objects are ``<2 hash dirs>/<name>/<name>``; ``tmp/`` holds stores in progress.
+        A key directory without its file (a removal cut short) holds nothing."""
         for name, keydir in self._objects():
-            if (keydir / name).is_file():
+            if os.path.isfile(f"{keydir}/{name}"):
                 yield name
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
@@ -510,10 +516,10 @@ def _size(path: Path) -> int:
         return -1
 
 
-def _subdirs(path: Path) -> Iterator[Path]:
+def _subdirs(path: str) -> list[str]:
+    """The names of the directories in ``path``, sorted; none if it cannot be read."""
     try:
         with os.scandir(path) as entries:
-            dirs = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
     except OSError:
-        return
-    yield from sorted(dirs)
+        return []

@@ -7,9 +7,11 @@ that cannot be reached is recorded as *unlisted*, never as empty: callers decide
 what that means (rebalance refuses to run, repair works around it).
 
 Memory is one small entry per distinct key: the key's text and a bit mask of its
-holders, which is what a million-key cluster needs and no more; plus, for the keys
-whose names do not say their size (encrypted, HMAC-named keys), the size the
-repository's keys give them (``fill_sizes``).
+holders, which is what a million-key cluster needs and no more (about 200 MiB for a
+million SHA256E keys); plus, for the keys whose names do not say their size
+(encrypted, HMAC-named keys), the size the repository's keys give them
+(``fill_sizes``). Nothing else here costs per key: the holders' names are one tuple
+per distinct mask, and a key's size is read off its text, not parsed again.
 """
 
 from __future__ import annotations
@@ -35,12 +37,26 @@ class Inventory:
     asked: list[str] = field(default_factory=list)  # nodes asked key by key
     sizes: dict[str, int] = field(default_factory=dict)  # sizes names do not tell
 
+    _named: dict[int, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
+
     def bit(self, name: str) -> int:
         return 1 << self.names.index(name)
 
-    def holders_of(self, key: str) -> list[str]:
-        mask = self.holders.get(key, 0)
-        return [n for i, n in enumerate(self.names) if mask >> i & 1]
+    def holders_of(self, key: str) -> tuple[str, ...]:
+        return self.names_of(self.holders.get(key, 0))
+
+    def names_of(self, mask: int) -> tuple[str, ...]:
+        """The nodes a holders mask stands for, in ``names`` order: worked out once per
+        distinct mask (a cluster has few: keys share their holders' combinations), not
+        once per key and node."""
+        names = self._named.get(mask)
+        if names is None:
+            names = self._named[mask] = tuple(n for i, n in enumerate(self.names) if mask >> i & 1)
+        return names
+
+    def copies_of(self, key: str) -> int:
+        """How many listed nodes hold ``key``."""
+        return self.holders.get(key, 0).bit_count()
 
     def key_texts(self) -> Iterator[str]:
         return iter(self.holders)
@@ -52,10 +68,7 @@ class Inventory:
     def size_of(self, key: str) -> int | None:
         """The size of the content stored under ``key``: a chunk's own share for a chunk
         key; for a name that hides it (HMAC), what ``fill_sizes`` found; else None."""
-        try:
-            size = Key.parse(key).content_size
-        except ClusterError:
-            size = None
+        size = content_size(key)
         return size if size is not None else self.sizes.get(key)
 
     def fill_sizes(self, sized: Iterable[tuple[Key, int]]) -> None:
@@ -72,6 +85,25 @@ class Inventory:
                 unknown.discard(text)
                 if not unknown:
                     return
+
+
+def content_size(text: str) -> int | None:
+    """``Key.parse(text).content_size``, read off the text of a key that was parsed when
+    it was listed (every text here was): plans and fsck ask it of every key, and a full
+    parse, which validates it all again, costs more than the rest of a plan's step.
+    None for a text that is not a key, as for a key without ``-s``."""
+    end = text.find("--")
+    if end <= 0:
+        return None
+    fields: dict[str, int] = {}
+    for field_ in text[:end].split("-")[1:]:
+        if len(field_) < 2 or not field_[1:].isdigit() or not field_[1:].isascii():
+            return None
+        fields[field_[0]] = int(field_[1:])
+    size, chunk, num = fields.get("s"), fields.get("S"), fields.get("C")
+    if size is None or chunk is None or num is None:
+        return size
+    return max(0, min(chunk, size - (num - 1) * chunk))
 
 
 def take_inventory(

@@ -14,6 +14,7 @@ import argparse
 import json
 import random
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -411,9 +412,7 @@ def _fsck(args: Any, c: Subject) -> int:
     repaired: dict[str, dict[str, str]] = {}
     if args.repair and bad:
         repaired = _fsck_repair(c, results)
-    short = {
-        k: len(inv.holders_of(k)) for k in inv.key_texts() if len(inv.holders_of(k)) < c.copies
-    }
+    short = {k: n for k, mask in inv.holders.items() if (n := mask.bit_count()) < c.copies}
     noted = _settle_bad_copies(c, results, repaired)
     lost = _lost(c, inv)
     counts = {s: sum(1 for r in results if r.status == s) for s in _STATUSES}
@@ -494,12 +493,12 @@ def key_health(c: Subject) -> dict[str, Any]:
     copies reads noted."""
     inv = c.inventory(without_bad=True)
     mincopies = c.mincopies or c.copies
-    counts = [len(inv.holders_of(k)) for k in inv.key_texts()]
+    copies = Counter(mask.bit_count() for mask in inv.holders.values())  # copies -> keys
     noted = c.bad.entries() if c.bad is not None else {}
     return {
-        "keys": len(counts),
-        "short_of_copies": sum(1 for n in counts if n < c.copies),
-        "short_of_mincopies": sum(1 for n in counts if n < mincopies),
+        "keys": len(inv.holders),
+        "short_of_copies": sum(k for n, k in copies.items() if n < c.copies),
+        "short_of_mincopies": sum(k for n, k in copies.items() if n < mincopies),
         "bad_copies_noted": [
             {"key": k, "node": n, "why": why} for (n, k), why in sorted(noted.items())
         ],

@@ -10,19 +10,25 @@ removes it from holders that should not, but never so many that fewer than
 ``copies`` would remain: where the cluster cannot place ``copies`` copies
 (too few nodes with room), extra copies stay put. ``repair`` plans only the
 additions a key short of ``copies`` needs.
+
+The plan's cost per key is one rendezvous ranking and a few small lists; what
+repeats across keys (the rankers, each holders mask's node names, whether a node
+has a ``maxsize`` to keep track of) is worked out once. Moves are kept (they are
+the plan), nothing else per key.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shared.cluster.placement import rendezvous_order, spread_over_zones
+from shared.cluster.placement import Ranker, spread_over_zones
 from shared.nodes.url import NodeSpec, NodeState
 from shared.ops.inventory import Inventory
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Move:
     key: str
     size: int | None  # None: unknown here (learned from a node when it is copied)
@@ -83,28 +89,39 @@ def make_plan(
     takers = [
         s for s in specs if s.state.takes_new_data and s.weight > 0 and s.name not in unusable
     ]
-    weights = [s.weight for s in takers]
+    ranker = Ranker(takers, [s.weight for s in takers])
+    everyone = Ranker(list(specs), [s.weight for s in specs])  # (for _removable)
+    zoned = any(s.zone is not None for s in takers)
     plan = Plan(copies, nodes={s.name: NodeTotals() for s in specs})
+    for mask, count in Counter(inventory.holders.values()).items():
+        for name in inventory.names_of(mask):
+            if name in plan.nodes:
+                plan.nodes[name].held += count
     used = {s.name: 0 for s in specs}
-    for text in inventory.key_texts():
-        size = inventory.size_of(text) or 0
-        for name in inventory.holders_of(text):
-            if name in used:
-                used[name] += size
-                plan.nodes[name].held += 1
+    limited = any(s.maxsize is not None for s in specs)
+    if limited:  # bytes held only matter where a node has a maxsize
+        for text, mask in inventory.holders.items():
+            size = inventory.size_of(text) or 0
+            for name in inventory.names_of(mask):
+                if name in used:
+                    used[name] += size
 
     def room(spec: NodeSpec, size: int) -> bool:
         return spec.maxsize is None or used[spec.name] + size <= spec.maxsize
 
-    for text in inventory.key_texts():
+    holding: dict[int, tuple[tuple[str, ...], set[str], list[str]]] = {}  # per holders mask
+    for text, mask in inventory.holders.items():
         plan.keys += 1
         key_size = inventory.size_of(text)  # a chunk's own share, not its file's
         size = key_size or 0
-        holders = [n for n in inventory.holders_of(text) if n in by_name]
-        held = set(holders)
-        kept = [n for n in holders if by_name[n].state is NodeState.READONLY]
+        if mask not in holding:
+            names = tuple(n for n in inventory.names_of(mask) if n in by_name)
+            readonly = [n for n in names if by_name[n].state is NodeState.READONLY]
+            holding[mask] = (names, set(names), readonly)
+        holders, held, kept = holding[mask]
         want = list(kept)
-        for spec in spread_over_zones(rendezvous_order(text, takers, weights)):
+        order = ranker.order(text)
+        for spec in spread_over_zones(order) if zoned else order:
             if len(want) >= copies:
                 break
             if spec.name in held or room(spec, size):
@@ -115,14 +132,16 @@ def make_plan(
             remove: list[str] = []
         else:
             add = [n for n in want if n not in held]
-            remove = _removable(text, holders, want, by_name, copies, len(held) + len(add))
+            remove = _removable(
+                text, holders, want, by_name, everyone, copies, len(held) + len(add)
+            )
         after = len(held) + len(add) - len(remove)
         if after < copies:
             plan.short[text] = (
                 f"{after} of {copies} copies: not enough nodes that take new data and have room"
             )
         if add or remove:
-            move = Move(text, key_size, tuple(holders), tuple(add), tuple(remove))
+            move = Move(text, key_size, holders, tuple(add), tuple(remove))
             plan.moves.append(move)
             for name in add:
                 used[name] += size
@@ -139,23 +158,25 @@ def make_plan(
 
 def _removable(
     key: str,
-    holders: list[str],
+    holders: Sequence[str],
     want: list[str],
     by_name: Mapping[str, NodeSpec],
+    everyone: Ranker[NodeSpec],
     copies: int,
     total: int,
 ) -> list[str]:
     """Holders that should not hold the key, those on drain/weight-0 nodes first, then
-    the key's least preferred; as many as leave ``copies`` copies."""
+    the key's least preferred (``everyone``: the ranking over all nodes); as many as
+    leave ``copies`` copies."""
     extra = [n for n in holders if n not in want]
-    specs = list(by_name.values())
-    order = rendezvous_order(key, specs, [s.weight for s in specs])
-    rank = {s.name: i for i, s in enumerate(order)}
+    spare = max(0, total - copies)
+    if not extra or not spare:
+        return []
+    rank = {s.name: i for i, s in enumerate(everyone.order(key))}
 
     def leaving(name: str) -> bool:
         spec = by_name[name]
         return spec.state is NodeState.DRAIN or spec.weight <= 0
 
     extra.sort(key=lambda n: (not leaving(n), -rank[n]))
-    spare = max(0, total - copies)
     return extra[:spare]

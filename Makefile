@@ -11,7 +11,7 @@ TEST_JOBS ?= 2
 # Tests and the demo find git-annex (PyPI) and git-annex-remote-cluster here.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean bench bench-proxy bench-s3
+.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean bench bench-proxy bench-s3 bench-scale bench-http
 
 help:
 	@echo "make demo       set up and run a cluster demo on three local directories"
@@ -20,6 +20,8 @@ help:
 	@echo "make lint       ruff and mypy"
 	@echo "make bench-proxy  our gateway against direct access (and native git-annex's proxy)"
 	@echo "make bench-s3   our S3 node against git-annex's native S3 remote (moto_server)"
+	@echo "make bench-scale  how costs grow with nodes, clients, object size and keys (plots)"
+	@echo "make bench-http  our HTTP server against native git annex p2phttp"
 
 venv: $(VENV)/.installed
 
@@ -58,6 +60,12 @@ bench-proxy: sysdeps-test venv
 
 bench-s3: sysdeps-test venv
 	$(PY) bench/s3_vs_native.py $(BENCH_ARGS)
+
+bench-scale: sysdeps-test venv
+	$(PY) bench/scale.py $(BENCH_ARGS)
+
+bench-http: sysdeps-test venv
+	$(PY) bench/http_vs_native.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -151,20 +151,35 @@ class Harness:
     def git(self, cwd: Path | None, *args: str | Path) -> str:
         return self.run("git", *args, cwd=cwd)
 
-    def timed(self, cmd: list[str], cwd: Path, label: str) -> tuple[float, float, float, Any]:
-        """Run cmd after a sync: wall s, busy and steal machine CPU s, the tree's rusage."""
+    def timed(
+        self,
+        cmd: list[str],
+        cwd: Path,
+        label: str,
+        on_start: Callable[[int], object] | None = None,
+    ) -> tuple[float, float, float, Any]:
+        """Run cmd after a sync: wall s, busy and steal machine CPU s, the tree's rusage.
+
+        ``on_start(pid)`` runs once the command has started (pid is also its process
+        group): a watcher of processes that wait4 cannot reach starts there.
+        """
         os.sync()
         b0, s0 = machine_cpu()
         t0 = time.monotonic()
         with open(self.logs / f"{label}.log", "w") as log:
             p = self.spawn(cmd, cwd, log, log)
+            if on_start is not None:
+                on_start(p.pid)
             watchdog = None
             if self.timeout is not None:  # a hang ends the run
                 watchdog = threading.Timer(self.timeout, self.kill_current)
+                watchdog.daemon = True  # a signal's SystemExit must not wait for it
                 watchdog.start()
-            _, status, ru = os.wait4(p.pid, 0)
-            if watchdog is not None:
-                watchdog.cancel()
+            try:
+                _, status, ru = os.wait4(p.pid, 0)
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
             p.returncode = os.waitstatus_to_exitcode(status)
             self.current = None
         wall = time.monotonic() - t0

@@ -5,6 +5,7 @@ loopback port, a stock git-annex 10.20261026 client using it through
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import signal
 import socket
@@ -22,6 +23,7 @@ from test_e2e_file_cluster import summary_of_testremote
 from test_e2e_sftp_cluster import add_file
 
 from git_annex_remote_proxy.config import GatewayConfig
+from shared.annex.keys import Key
 from shared.p2p import httpapi as api
 
 pytestmark = pytest.mark.timeout(600)
@@ -162,6 +164,70 @@ def test_stock_client_copy_get_drop_fsck(
     repo.annex("drop", "--from", "gw", "a.bin")
     assert objects(dirs["n1"]) == [] and objects(dirs["n2"]) == []
     assert "rw" in server.log.read_text() and "pw-rw" not in server.log.read_text()
+
+
+def rot(path: Path) -> bytes:
+    """Flip one byte of a stored object in place (same size: only its hash tells);
+    what it held before."""
+    good = path.read_bytes()
+    path.chmod(0o644)
+    path.write_bytes(good[:1000] + bytes([good[1000] ^ 0xFF]) + good[1001:])
+    return good
+
+
+def raw_get(srv: Server, target: str, key: str, user: str) -> tuple[int, bytes]:
+    """A GET of ``key`` as a client sees it: the announced X-git-annex-data-length and
+    the body that came (what there was of it when the connection ended)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        auth = {"Authorization": api.basic_auth(user, f"pw-{user}")}
+        conn.request("GET", api.path(srv.uuid(target), 4, "key", Key.parse(key)), headers=auth)
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.status
+        length = int(resp.headers["X-git-annex-data-length"])
+        try:
+            body = resp.read()
+        except http.client.IncompleteRead as e:
+            body = e.partial
+        return length, body
+    finally:
+        conn.close()
+
+
+def test_a_rotten_replica_is_never_served(
+    tmp_path: Path, pypi_client: Client, server: Server, gateway: tuple[Path, dict[str, Path]]
+) -> None:
+    """One of the two copies rots (the same size, one byte flipped), on either node.
+    A small file is read and checked whole before its first byte goes out: the get
+    succeeds at once with the right bytes, even for a client that checks nothing
+    (annex.verify=false). A big one streams; a stream that proves wrong ends short of
+    the announced length, which the spec makes invalid (git-annex fails that attempt),
+    the copy is noted bad and read last, and the next get succeeds."""
+    _config, dirs = gateway
+    repo = http_repo(tmp_path, pypi_client, server, "archive", "rw")
+    small = add_file(repo, "small.bin", 100_000)
+    big = add_file(repo, "big.bin", 3_000_000)
+    repo.annex("copy", "--to", "gw", ".")
+    wanted = {name: (repo.path / name).read_bytes() for name in ("small.bin", "big.bin")}
+    repo.annex("drop", ".")
+    for node in ("n1", "n2"):  # whichever node the server reads first
+        (copy,) = [p for p in objects(dirs[node]) if p.name == small]
+        good = rot(copy)
+        repo.run("git", "-c", "annex.verify=false", "annex", "get", "small.bin")  # checks nothing
+        assert (repo.path / "small.bin").read_bytes() == wanted["small.bin"], node
+        repo.annex("drop", "small.bin")
+        copy.write_bytes(good)
+
+        (copy,) = [p for p in objects(dirs[node]) if p.name == big]
+        good = rot(copy)
+        length, body = raw_get(server, "archive", big, "rw")
+        assert body == wanted["big.bin"] or len(body) < length, f"wrong bytes, whole, {node}"
+        for _ in range(2):
+            if repo.annex("get", "big.bin", check=False).returncode == 0:
+                break
+        assert (repo.path / "big.bin").read_bytes() == wanted["big.bin"], node
+        repo.annex("drop", "big.bin")
+        copy.write_bytes(good)
 
 
 def learn_from(source: Repo, repo: Repo) -> None:

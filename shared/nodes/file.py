@@ -98,7 +98,9 @@ class FileNode(Node):
         self.check()
         expected = key.content_size
         found: tuple[Path, int] | None = None
-        for p in self._candidates(key):
+        name, root = key.file_name, str(self.root)
+        for hashdir in (key.hashdirlower, key.hashdirmixed):  # as _candidates, as strings:
+            p = f"{root}/{hashdir}/{name}/{name}"  # Paths cost more than the stat (a GET's 5%)
             try:
                 st = os.stat(p)
             except FileNotFoundError:
@@ -107,8 +109,8 @@ class FileNode(Node):
                 raise Unavailable(f"cannot check {p}: {e.strerror}", self.name) from e
             if stat.S_ISREG(st.st_mode):
                 if expected is None or st.st_size == expected:
-                    return p, st.st_size
-                found = found or (p, st.st_size)
+                    return Path(p), st.st_size
+                found = found or (Path(p), st.st_size)
         # The root may have vanished while we looked: absence is only proven if it is still there.
         self.check()
         return found

@@ -128,9 +128,12 @@ def decode_key(text: str) -> Key:
         raise HttpApiError(f"invalid key: {e}") from None
 
 
+_NOT_IN_UUID = re.compile(r"[\x00-\x1f\s]")  # (one search: a test per character cost 10% of a GET)
+
+
 def decode_uuid(text: str) -> str:
     uuid = decode_text(text)
-    if not uuid or len(uuid) > 128 or any(c.isspace() or ord(c) < 32 for c in uuid):
+    if not uuid or len(uuid) > 128 or _NOT_IN_UUID.search(uuid):
         raise HttpApiError(f"invalid UUID {uuid[:80]!r}")
     return uuid
 

@@ -200,7 +200,9 @@ class ClusterBackend:
         size = self._size(key)
         if size is None:
             return None
-        if size - offset <= SMALL_READ:
+        if key.content_size is not None and size - offset <= SMALL_READ:
+            # (Only where the key says its size: a copy of a key that does not is read
+            # as long as it is, and one of the wrong size must not fill memory.)
             return size, iter((self._read_whole(key, offset),))
         return size, self._blocks(key, offset)
 

@@ -45,6 +45,16 @@ def load_average() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
+def print_targets(
+    results: Sequence[dict[str, Any]], digits: Callable[[str], int] = lambda _target: 2
+) -> None:
+    """The targets' verdicts as a markdown table; ``digits(target)``: decimals shown."""
+    print("\n| target | measured | limit | result |\n|---|---|---|---|")
+    for t in results:
+        v = "-" if t["value"] is None else f"{t['value']:.{digits(t['target'])}f}"
+        print(f"| {t['target']} | {v} | {t['limit']} | {t['result']} |")
+
+
 def write_results(
     path: Path, args: argparse.Namespace, samples: Sequence[Any], **fields: object
 ) -> None:

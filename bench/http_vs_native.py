@@ -40,6 +40,7 @@ from harness import (
     fresh_scratch,
     load_average,
     machine_cpu,
+    print_targets,
     write_results,
 )
 from loopback import accepts, on_a_port, spawn  # tests/loopback.py
@@ -747,10 +748,7 @@ def main() -> int:
         f"our server runs the code in {code}\n"
     )
     print(table(med, args))
-    print("\n| target | measured | limit | result |\n|---|---|---|---|")
-    for t in results:
-        v = "-" if t["value"] is None else f"{t['value']:.2f}"
-        print(f"| {t['target']} | {v} | {t['limit']} | {t['result']} |")
+    print_targets(results)
     if args.json:
         write_results(args.json, args, samples, git_annex=version, load=load, targets=results)
     return 0

@@ -33,6 +33,7 @@ from harness import (
     contenders_of,
     fresh_scratch,
     load_average,
+    print_targets,
     write_results,
 )
 from sshd import SSHD, ssh_config_for  # tests/sshd.py: private sshd, stopped by pid
@@ -387,10 +388,7 @@ def main() -> int:
         f"load at start {load}, at end {end_load}, total {time.monotonic() - t0:.0f} s\n"
     )
     print(table(med, args.size))
-    print("\n| target | measured | limit | result |\n|---|---|---|---|")
-    for t in results:
-        v = "-" if t["value"] is None else f"{t['value']:.3f}"
-        print(f"| {t['target']} | {v} | {t['limit']} | {t['result']} |")
+    print_targets(results, lambda _target: 3)
     if args.json:
         write_results(args.json, args, samples, git_annex=version, load=load, targets=results)
     return 0

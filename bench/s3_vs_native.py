@@ -38,6 +38,7 @@ from harness import (
     contenders_of,
     fresh_scratch,
     load_average,
+    print_targets,
     write_results,
 )
 
@@ -584,10 +585,7 @@ def main() -> int:
         print(f"\nFAILED {impl}: {why}", end="")
     if errors:
         print(f"\n(kept the log of every command in {bench.logs})")
-    print("\n| target | measured | limit | result |\n|---|---|---|---|")
-    for t in results:
-        v = "-" if t["value"] is None else f"{t['value']:.{1 if 'RSS' in t['target'] else 2}f}"
-        print(f"| {t['target']} | {v} | {t['limit']} | {t['result']} |")
+    print_targets(results, lambda target: 1 if "RSS" in target else 2)
     if args.json:
         write_results(
             args.json,

@@ -10,7 +10,6 @@ takes the key's lock exclusively) goes through."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -28,10 +27,14 @@ import pytest
 from conftest import Client
 from node_conformance import payload
 from test_http_server import (
+    CLIENT_UUID,
     PROXY,
     Server,
     http_repo,
+    key_of,
+    keyq,
     objects,
+    op_path,
     run_in_all,
     self_signed,
     start_server,
@@ -45,7 +48,6 @@ pytestmark = pytest.mark.timeout(600)
 TIMEOUT = 3  # the server's --timeout here: seconds a client may stay silent
 JOBS = 4  # the server's --jobs here
 AUTH = api.basic_auth("rw", "pw-rw")
-CLIENT_UUID = "79a5a1f4-07e8-11ef-873d-97f93ca91925"
 MiB = 1024 * 1024
 
 
@@ -83,16 +85,8 @@ def server(tmp_path: Path, gateway: tuple[Path, dict[str, Path]]) -> Iterator[Se
 # -- clients, well-behaved and not -------------------------------------------------------
 
 
-def key_of(data: bytes) -> str:
-    return f"SHA256E-s{len(data)}--{hashlib.sha256(data).hexdigest()}.bin"
-
-
 def url_path(srv: Server, op: str, query: str = "") -> str:
-    return f"/git-annex/{srv.uuid('archive')}/v4/{op}" + (f"?{query}" if query else "")
-
-
-def keyq(key: str) -> str:
-    return f"key={key}&clientuuid={CLIENT_UUID}"
+    return op_path(srv, "archive", op, query)
 
 
 def call(

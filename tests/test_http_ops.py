@@ -6,7 +6,6 @@ nginx is tests/test_docs_deploy.py)."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import shutil
 import socket
@@ -20,7 +19,15 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_http_server import PROXY, Server, start_server, users_cli
+from test_http_server import (
+    PROXY,
+    Server,
+    key_of,
+    keyq,
+    op_path,
+    start_server,
+    users_cli,
+)
 
 from git_annex_remote_proxy import httpusers
 from git_annex_remote_proxy.httpserver import HttpGateway
@@ -28,7 +35,6 @@ from shared.p2p import httpapi as api
 
 pytestmark = pytest.mark.timeout(300)
 
-CLIENT_UUID = "79a5a1f4-07e8-11ef-873d-97f93ca91925"
 PASSWORD = "pw-rw-Secret"  # rw's password: it must never reach a log
 
 
@@ -79,10 +85,6 @@ def creds(user: str = "rw", password: str = PASSWORD) -> dict[str, str]:
     return {"Authorization": api.basic_auth(user, password)}
 
 
-def key_of(data: bytes) -> str:
-    return f"SHA256E-s{len(data)}--{hashlib.sha256(data).hexdigest()}.bin"
-
-
 def request(
     srv: Server,
     method: str,
@@ -99,14 +101,6 @@ def request(
             return int(resp.status), resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as e:
         return int(e.code), e.read(), dict(e.headers)
-
-
-def op_path(srv: Server, target: str, op: str, query: str = "") -> str:
-    return f"/git-annex/{srv.uuid(target)}/v4/{op}" + (f"?{query}" if query else "")
-
-
-def keyq(key: str) -> str:
-    return f"key={key}&clientuuid={CLIENT_UUID}"
 
 
 def put(srv: Server, target: str, data: bytes, key: str | None = None) -> dict[str, object]:

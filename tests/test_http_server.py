@@ -5,6 +5,7 @@ loopback port, a stock git-annex 10.20261026 client using it through
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import signal
@@ -88,6 +89,22 @@ def start_server(
         time.sleep(0.1)
     server.stop()
     raise AssertionError("the server did not listen within 30 s")
+
+
+CLIENT_UUID = "79a5a1f4-07e8-11ef-873d-97f93ca91925"  # the client of raw requests
+
+
+def key_of(data: bytes) -> str:
+    return f"SHA256E-s{len(data)}--{hashlib.sha256(data).hexdigest()}.bin"
+
+
+def op_path(srv: Server, target: str, op: str, query: str = "") -> str:
+    """The path of a v4 API request to ``target``."""
+    return f"/git-annex/{srv.uuid(target)}/v4/{op}" + (f"?{query}" if query else "")
+
+
+def keyq(key: str) -> str:
+    return f"key={key}&clientuuid={CLIENT_UUID}"
 
 
 def users_cli(config: Path, *args: str, password: str = "") -> str:

@@ -34,10 +34,26 @@ class CountingSink:
 
 class CountingSource:
     """Counts what was read from the source, so a store that read nothing of it can be
-    tried again with the same source."""
+    tried again with the same source; one that read part of a source that can seek
+    (a file, not a stream read once) can be tried again after ``rewind``."""
 
     def __init__(self, source: Readable) -> None:
         self.source = source
+        self.count = 0
+        self._start: int | None = None
+        seekable = getattr(source, "seekable", None)
+        if seekable is not None and seekable():
+            self._start = source.tell()  # type: ignore[attr-defined]
+
+    @property
+    def rewindable(self) -> bool:
+        return self._start is not None
+
+    def rewind(self) -> None:
+        """Back to where the source stood when this started counting."""
+        if self._start is None:
+            raise ValueError("this source cannot be read again")
+        self.source.seek(self._start)  # type: ignore[attr-defined]
         self.count = 0
 
     def read(self, n: int = -1, /) -> bytes:

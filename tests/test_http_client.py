@@ -36,7 +36,10 @@ class TestHttpConformance(_AnnexConformance):
     def make_node(self, p2phttp: P2PHttp) -> NodeFactory:
         """With the retry wrapper every HTTP node gets: native p2phttp answers 500 for a
         second or more after an interrupted upload (it still holds the transfer lock),
-        and the store after it is retried there, never inside the backend."""
+        and the store after it is retried there, never inside the backend. Under load
+        it may also fail the next ``put`` itself (500 "thread blocked indefinitely in
+        an STM transaction", seen in CI): the wrapper reads the test's in-memory source
+        again from its start for that one."""
         self.repo = p2phttp.repo
         url = f"n={p2phttp.node_url}"
         return lambda: RetryingNode(HTTPNode(parse_node(url), CLIENT_UUID), store_patience=5.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from shared.errors import PermissionDenied, Unavailable
 from shared.nodes.file import FileNode
 from shared.nodes.retry import RetryingNode
 from shared.nodes.url import parse_node
+from shared.streams import Readable
 
 DATA = bytes(range(256)) * 400
 KEY = Key.parse(f"SHA256E-s{len(DATA)}--{hashlib.sha256(DATA).hexdigest()}.bin")
@@ -103,7 +105,17 @@ def test_store_that_read_nothing_is_retried(
     assert node.present(KEY) == len(DATA)
 
 
-def test_store_that_read_a_byte_is_not_retried_but_marks_down(
+class Stream:
+    """A source read once, as the cluster's tee and a gateway's upload are."""
+
+    def __init__(self, data: bytes) -> None:
+        self._f = io.BytesIO(data)
+
+    def read(self, n: int = -1, /) -> bytes:
+        return self._f.read(n)
+
+
+def test_store_that_read_a_byte_of_a_stream_is_not_retried_but_marks_down(
     parts: tuple[FaultyNode, RetryingNode, Clock],
 ) -> None:
     faulty, node, clock = parts
@@ -111,10 +123,59 @@ def test_store_that_read_a_byte_is_not_retried_but_marks_down(
     before = len(faulty.ops("store"))
     faulty.fail("store", Unavailable, times=1, after_bytes=1)
     with pytest.raises(Unavailable):
-        node.store(KEY, io.BytesIO(DATA), len(DATA))
+        node.store(KEY, Stream(DATA), len(DATA))
     assert len(faulty.ops("store")) == before + 1 and clock.slept == []
     with pytest.raises(Unavailable, match="not retried for now"):
         node.present(KEY)
+
+
+def test_store_that_read_part_of_a_file_is_retried_from_its_start(
+    parts: tuple[FaultyNode, RetryingNode, Clock], tmp_path: Path
+) -> None:
+    """A server that fails a store after taking part of the body (git annex p2phttp
+    answers 500 when an interrupted upload's offset moved under it): the file is
+    read again from where it stood, and the node gets all of it."""
+    faulty, node, clock = parts
+    node.remove(KEY)
+    before = len(faulty.ops("store"))
+    faulty.fail("store", Unavailable, times=2, after_bytes=30_000)
+    path = tmp_path / "file"
+    path.write_bytes(b"head" + DATA)
+    with open(path, "rb") as f:
+        f.read(4)
+        assert node.store(KEY, f, len(DATA))
+    assert len(faulty.ops("store")) == before + 3 and len(clock.slept) == 2
+    sink = io.BytesIO()
+    node.retrieve(KEY, sink)
+    assert sink.getvalue() == DATA
+
+
+def test_resumed_store_that_read_part_of_a_file_is_not_retried(tmp_path: Path) -> None:
+    """``store_from`` has handed the node's kept bytes to the caller's hash: reading
+    the source again would hash them twice."""
+
+    class Resuming(FaultyNode):
+        resumes = 0
+
+        def store_from(
+            self,
+            key: Key,
+            source: Readable,
+            size: int,
+            offset: int,
+            prefix: Callable[[bytes], None],
+        ) -> bool:
+            self.resumes += 1
+            source.read(100)
+            raise Unavailable("the server went away", self.name)
+
+    (tmp_path / "n").mkdir()
+    inner = Resuming(FileNode(parse_node(f"n={(tmp_path / 'n').as_uri()}")))
+    clock = Clock()
+    node = RetryingNode(inner, attempts=3, clock=clock, sleep=clock.sleep)
+    with pytest.raises(Unavailable):
+        node.store_from(KEY, io.BytesIO(DATA), len(DATA), 0, lambda _kept: None)
+    assert inner.resumes == 1 and clock.slept == []
 
 
 def test_store_that_read_nothing_is_retried_for_its_patience(tmp_path: Path) -> None:

@@ -5,8 +5,10 @@ repeated safely are retried with exponential backoff and jitter. A node that
 still fails is marked down for a while: later calls fail at once instead of
 each paying the backoff, so a copy of a thousand keys waits once, not a
 thousand times. A store is retried only while nothing of its source has been
-read (its source is a stream read once): a store that read no byte is safe to
-repeat. One that failed later is not; the cluster stores on the next node instead.
+read (its source is usually a stream read once): a store that read no byte is safe
+to repeat. One that failed later is not; the cluster stores on the next node
+instead. A source that can seek (a file) is the exception: it is read again from
+its start, since a failed store leaves nothing behind on any node.
 """
 
 from __future__ import annotations
@@ -117,12 +119,20 @@ class RetryingNode(Layer):
                 self._mark_down(e)
             raise
 
-    def _store(self, source: Readable, fn: Callable[[CountingSource], T]) -> T:
-        """A store, tried again only while it has read nothing of ``source``."""
+    def _store(self, source: Readable, fn: Callable[[CountingSource], T], rewind: bool = True) -> T:
+        """A store, tried again while it has read nothing of ``source``, or, with
+        ``rewind``, when ``source`` can be read again from its start."""
         counting = CountingSource(source)
+        again_from_start = rewind and counting.rewindable
+
+        def attempt() -> T:
+            if counting.count:
+                counting.rewind()  # only a rewindable source gets here with bytes read
+            return fn(counting)
+
         return self._call(
-            lambda: fn(counting),
-            lambda e: is_transient(e) and counting.count == 0,
+            attempt,
+            lambda e: is_transient(e) and (counting.count == 0 or again_from_start),
             self._store_patience,
         )
 
@@ -162,7 +172,8 @@ class RetryingNode(Layer):
 
             return self.inner.store_from(key, src, size, offset, counted)
 
-        return self._store(source, store_from)
+        # Never from the start again: the caller has hashed the kept bytes handed over.
+        return self._store(source, store_from, rewind=False)
 
     def retrieve(self, key: Key, sink: Writable, offset: int = 0) -> None:
         counting = CountingSink(sink)

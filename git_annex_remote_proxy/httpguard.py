@@ -323,21 +323,71 @@ class _Request(server.HTTPRequest):
         if self.path.rstrip(b"/").endswith(b"/" + api.KEEPLOCKED.encode()):
             body.min_rate = 0  # long polling: the client may send a line now and then
         self.rfile = body
-        self.server.gateway(self).respond()
-        if self.ready:
-            self.ensure_headers_sent()
-        if self.chunked_write:
-            self.conn.wfile.write(b"0\r\n\r\n")
+        try:
+            self.server.gateway(self).respond()
+            if self.ready:
+                self.ensure_headers_sent()
+            if self.chunked_write:
+                self.conn.wfile.write(b"0\r\n\r\n")
+        finally:
+            held = self.conn.wfile
+            if isinstance(held, _HeldHead):
+                held.release()
 
     def send_headers(self) -> None:
         """Before the answer, what the application left of the body is read and
         dropped, so that the client, which reads the answer once it has sent its
-        body, gets it; a broken body closes the connection instead."""
+        body, gets it; a broken body closes the connection instead.
+
+        cheroot writes the head, then each piece of the body, each in a write of its
+        own: the head is held until the first piece (cheroot sends it right before
+        that piece anyway), so that a small answer leaves in one write, one segment
+        and one wake-up of the client instead of two or three."""
         body = self.rfile
         if isinstance(body, Body) and not self.close_connection:
             body.drain()
             self.close_connection = body.broken
-        super().send_headers()
+        real = self.conn.wfile
+        head = _Capture()
+        self.conn.wfile = head
+        try:
+            super().send_headers()
+        finally:
+            self.conn.wfile = real
+        self.conn.wfile = _HeldHead(self.conn, real, b"".join(head.parts))
+
+
+class _Capture:
+    """Where cheroot writes a response's head, to be sent with what follows it."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+
+class _HeldHead:
+    """The connection's writer while a response's head waits: the next write sends
+    the head and its data together, then the connection's own writer is back."""
+
+    def __init__(self, conn: server.HTTPConnection, real: Any, head: bytes) -> None:
+        self.conn, self.real, self.head = conn, real, head
+
+    def write(self, data: bytes) -> Any:
+        self.conn.wfile = self.real
+        return self.real.write(self.head + data)
+
+    def release(self) -> None:
+        """Send the head, if nothing did yet (an empty body, or an error before it)."""
+        if self.conn.wfile is self:
+            self.conn.wfile = self.real
+            with contextlib.suppress(OSError):  # the client is gone: closed anyway
+                self.real.write(self.head)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
 
 class _Connection(server.HTTPConnection):

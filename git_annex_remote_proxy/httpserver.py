@@ -584,7 +584,10 @@ class HttpGateway:
             raise HttpError(404, f"{key} is not here")
         size, blocks = found
         length = max(0, size - offset)
-        headers = [("Content-Type", "application/octet-stream")]
+        # A length, not chunks: a body that proves wrong or short ends the connection
+        # before its last bytes (``_Download``), which a client reads as an error
+        # either way, and the client has less to parse.
+        headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(length))]
         if req.version >= 1:
             headers.append((api.DATA_LENGTH, str(length)))
         return 200, headers, _Download(blocks, length, key, req.pool, backend, self.log)

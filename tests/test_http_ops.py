@@ -6,7 +6,9 @@ nginx is tests/test_docs_deploy.py)."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -192,6 +194,33 @@ def test_metrics_count_requests_bytes_transfers_and_locks(server: Server) -> Non
     names = {"operation", "status", "target", "node", "kind", "le"}
     assert all(dict(labels).keys() <= names for _name, labels in after)
     assert {v for _name, labels in after for _l, v in labels}.isdisjoint({key, "rw", PASSWORD})
+
+
+def test_downloads_say_their_length_and_keep_the_connection(server: Server) -> None:
+    """A GET answers with Content-Length (the held-back head and the first bytes leave
+    together): empty, small (read whole) and big (streamed) keys, whole and from an
+    offset, one after the other on one kept-alive connection, so each answer must end
+    exactly where it says."""
+    blobs = [b"", b"tiny", random.Random(5).randbytes(3 * 1024 * 1024 + 7)]
+    for data in blobs:
+        put(server, "archive", data)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        for data in blobs:
+            key = key_of(data)
+            for offset in sorted({0, len(data) // 2, len(data)}):
+                query = keyq(key) + (f"&offset={offset}" if offset else "")
+                conn.request(
+                    "GET", op_path(server, "archive", f"key/{key}", query), headers=creds()
+                )
+                resp = conn.getresponse()
+                assert resp.status == 200
+                assert resp.headers["Content-Length"] == str(len(data) - offset)
+                assert resp.headers["Transfer-Encoding"] is None
+                assert resp.read() == data[offset:], (len(data), offset)
+                assert not resp.will_close
+    finally:
+        conn.close()
 
 
 def test_metrics_see_node_errors_and_reachability(server: Server) -> None:

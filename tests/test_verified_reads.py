@@ -428,6 +428,44 @@ def test_a_stream_that_fell_over_blames_only_the_copy_that_is_bad(
     assert backend.remove(key) == (True, ())  # asked again: everywhere
 
 
+@pytest.mark.parametrize("size", [10_000, 3 * BLOCK])  # read whole, and streamed
+def test_what_the_gateway_answers_for_a_get_no_node_gives(
+    make_cluster: MakeCluster, tmp_path: Path, size: int
+) -> None:
+    """A small get is read before anyone is asked whether the key is there: when no
+    node gives it, the answer must still be the one asking first gave. Absent (404)
+    only when every node said so or held nothing but a bad copy; a node that could
+    not be asked makes it unknown; a node that holds it but fails the read, an error."""
+    from git_annex_remote_proxy.gateway import ClusterBackend
+
+    cluster, nodes = make_cluster(2, copies=2, mincopies=1)
+    (tmp_path / "locks").mkdir()
+    backend = ClusterBackend(cluster, lambda _m: None, None, tmp_path / "locks")
+    data = content(size, seed=3)
+    key = make_key(data)
+    assert backend.retrieve(key, 0) is None  # on no node
+    nodes["n1"].fail("check", Unavailable)
+    nodes["n1"].fail("present", Unavailable)
+    nodes["n1"].fail("retrieve", Unavailable)
+    with pytest.raises(PresenceUnknown):
+        backend.retrieve(key, 0)
+    put(nodes["n0"], key, data)
+    nodes["n0"].fail("retrieve", Unavailable)
+    with pytest.raises(RetrieveFailed):  # held, and no read went through
+        found = backend.retrieve(key, 0)
+        assert found is not None
+        b"".join(found[1])
+    nodes["n0"].heal()
+    nodes["n1"].heal()
+    found = backend.retrieve(key, 0)
+    assert found is not None and found[0] == size and b"".join(found[1]) == data
+    rot(nodes["n0"], key, data)  # the only copy, bad: never handed out whole
+    with pytest.raises(IntegrityError):
+        found = backend.retrieve(key, 0)
+        assert found is not None
+        b"".join(found[1])
+
+
 def test_a_resumable_store_replaces_a_noted_bad_copy(tmp_path: Path) -> None:
     """The gateway's uploads go through store_resuming: a rotten copy of the same size
     must not count as "already there"."""

@@ -94,8 +94,8 @@ class FileNode(Node):
 
     def _find(self, key: Key) -> tuple[Path, int] | None:
         """Path and size of what is stored under the key's name (of the candidates, one
-        of the key's size first), None if confirmed absent."""
-        self.check()
+        of the key's size first), None if confirmed absent. (Whether the root is there
+        is asked only when nothing was found: a found object proves it.)"""
         expected = key.content_size
         found: tuple[Path, int] | None = None
         name, root = key.file_name, str(self.root)

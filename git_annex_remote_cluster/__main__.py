@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: git-annex waits for the remote's start-up.
-    from git_annex_remote_cluster import __version__
     from shared.ops import nodecli
+    from shared.version import VersionAction
 
     p = argparse.ArgumentParser(
         prog="git-annex-remote-cluster",
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "nodes. git-annex runs it with no arguments; with arguments, the operators' commands "
         "act on a cluster remote of the repository in the current directory. See docs/.",
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action=VersionAction)
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -1,8 +1,12 @@
 """The proxy remote (``externaltype=proxy``) and its gateway server (``serve``)."""
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("git-annex-remote-cluster")
-except PackageNotFoundError:  # running from a checkout
-    __version__ = "0.0.0+checkout"
+
+def __getattr__(name: str) -> str:
+    """``__version__``, looked up on first use (``shared.version``)."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from shared.version import version
+
+    return version()

@@ -13,9 +13,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from git_annex_remote_proxy import __version__
 from shared.errors import ClusterError, ConfigError
-from shared.ops import maintaincli, nodecli
 
 T = TypeVar("T")
 
@@ -23,6 +21,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from git_annex_remote_proxy.config import GatewayConfig, Target
+    from shared.ops import maintaincli
+
+# The operators' command modules (shared.ops.maintaincli, nodecli) and the package's
+# version are imported where used: git-annex waits for the proxy remote's start-up
+# (no arguments) and a client for the gateway's (``serve``, once per ssh session),
+# and neither needs them (about 90 ms of imports).
 
 
 def _protocol() -> int:
@@ -35,13 +39,17 @@ def _protocol() -> int:
 PROG = "git-annex-remote-proxy"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(gateway: bool = True) -> argparse.ArgumentParser:
+    """``gateway``: with the ``gateway`` command's subcommands (not needed to parse the
+    other commands' arguments)."""
+    from shared.version import VersionAction
+
     p = argparse.ArgumentParser(
         prog=PROG,
         description="A git-annex remote reaching storage through one gateway, and the "
         "gateway itself. git-annex runs it with no arguments.",
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action=VersionAction)
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -70,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     _http_parsers(sub)
 
     gw = sub.add_parser("gateway", help="manage the gateway's targets")
+    if gateway:
+        _gateway_parsers(gw)
+    return p
+
+
+def _gateway_parsers(gw: argparse.ArgumentParser) -> None:
+    from shared.ops import maintaincli, nodecli
+
     gsub = gw.add_subparsers(dest="action", required=True)
     add = gsub.add_parser("add", help="add a target, or change an existing one's nodes")
     add.add_argument("target")
@@ -94,7 +110,6 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     maintaincli.add_parsers(gsub, "target")
     _config_everywhere(gw)
-    return p
 
 
 def _http_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -242,6 +257,7 @@ def _config_everywhere(parser: argparse.ArgumentParser) -> None:
 
 def _gateway_nodes(args: argparse.Namespace) -> int:
     from git_annex_remote_proxy.config import GatewayConfig
+    from shared.ops import nodecli
 
     config = GatewayConfig.load(args.config)
     target = config.target(args.target)
@@ -302,6 +318,8 @@ def _claim(config: GatewayConfig, target: Target, take_over: bool) -> None:
     """Record the target as the owner of its nodes before the configuration is written;
     refuse, naming the owner, a node another remote or target owns (unless
     ``take_over``). A node that cannot be reached now is claimed by its first write."""
+    from shared.ops import nodecli
+
     nodecli.check_owners(
         target.specs(),
         config.ownership(target),
@@ -321,6 +339,7 @@ def _subject(
     from git_annex_remote_proxy.gateway import bad_copies_path
     from shared.cluster.badcopies import BadCopies
     from shared.nodes import Node, open_node
+    from shared.ops import maintaincli
 
     specs = target.specs()
     nodes: dict[str, Node] = {}
@@ -349,6 +368,7 @@ def _subject(
 def _gateway_maintain(args: argparse.Namespace) -> int:
     """rebalance, repair and fsck of a target (``shared.ops.maintaincli``)."""
     from git_annex_remote_proxy.config import GatewayConfig
+    from shared.ops import maintaincli
 
     config = GatewayConfig.load(args.config)
     with _subject(config, config.target(args.target), args) as subject:
@@ -359,7 +379,7 @@ def _gateway_status(args: argparse.Namespace) -> int:
     """``status`` of one target, or of every target: as ``git-annex-remote-cluster
     status`` reports a cluster remote (``shared.ops.status``); 1 unless all is well."""
     from git_annex_remote_proxy.config import GatewayConfig
-    from shared.ops import status
+    from shared.ops import maintaincli, status
 
     config = GatewayConfig.load(args.config)
     if args.target:
@@ -447,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         return _protocol()
-    args = _parser().parse_args(args_list)
+    args = _parser(gateway=args_list[0] != "serve").parse_args(args_list)
     try:
         if args.command == "serve":
             from git_annex_remote_proxy import request

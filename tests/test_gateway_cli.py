@@ -233,3 +233,24 @@ def test_proxy_remote_errors_say_what_to_do_in_its_own_terms(
         proc.stderr
     )
     assert "node(s)" not in proc.stderr and "required" not in proc.stderr
+
+
+def test_start_up_leaves_the_operators_modules_and_the_version_for_later(
+    tmp_path: Path,
+) -> None:
+    """git-annex waits for the remotes' start-up, and a client for ``serve``'s on every
+    ssh session: neither loads the operators' command modules or importlib.metadata
+    (about 90 ms), which ``--version`` and the ``gateway`` commands still get."""
+    script = (
+        "import sys\n"
+        "import git_annex_remote_proxy.__main__ as proxy, git_annex_remote_cluster.__main__\n"
+        "proxy._parser(gateway=False).parse_args(['serve', 'archive'])\n"
+        "print(sorted({'importlib.metadata', 'shared.ops.maintaincli', 'shared.ops.nodecli'}"
+        " & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", script], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.splitlines() == ["[]"], out.stderr
+    assert run(tmp_path, "--version").stdout.startswith("git-annex-remote-proxy ")
+    assert "rebalance" in run(tmp_path, "gateway", "--help").stdout

@@ -23,6 +23,7 @@ from shared.cluster.core import (
 from shared.cluster.fanout import BLOCK
 from shared.errors import ConfigError, IntegrityError, NotFound, PermissionDenied, Unavailable
 from shared.nodes.file import FileNode
+from shared.nodes.retry import RetryingNode
 from shared.nodes.url import parse_node
 
 MakeCluster = Callable[..., tuple[Cluster, dict[str, FaultyNode]]]
@@ -163,6 +164,36 @@ def test_node_failing_mid_upload_spills_over_and_leaves_nothing(
     assert holders(nodes, key) == {order[0], order[2]}
     assert set(outcome.failed) == {order[1]}
     assert list((root_of(nodes[order[1]]) / "tmp").iterdir()) == []
+
+
+def test_one_node_store_failing_part_way_is_tried_again_from_the_file(
+    tmp_path: Path, src: Callable[[bytes], tuple[Key, str]]
+) -> None:
+    """A wave of one node (copies=1, or a spill-over) hands the node the file itself:
+    a store that fails part-way for a passing reason (a dropped connection, a
+    server's 500) is tried again from the file's start by the retry wrapper, and the
+    progress git-annex sees goes back, then to the end."""
+    root = tmp_path / "n0"
+    root.mkdir()
+    faulty = FaultyNode(FileNode(parse_node(f"n0=file://{root}")))
+    cluster = Cluster([RetryingNode(faulty, sleep=lambda _s: None)], copies=1)
+    data = content(3 * BLOCK + 7)
+    key, path = src(data)
+    faulty.fail("store", Unavailable, times=1, after_bytes=BLOCK + 3)
+    progress: list[int] = []
+    try:
+        outcome = cluster.store(key, path, progress.append)
+    finally:
+        cluster.close()
+    assert outcome.stored == ["n0"] and len(faulty.ops("store")) == 2
+    sink = io.BytesIO()
+    faulty.inner.retrieve(key, sink)
+    assert sink.getvalue() == data
+    running = 0
+    for delta in progress:
+        running += delta
+        assert 0 <= running <= len(data)
+    assert running == len(data) and min(progress) < 0
 
 
 def test_spill_over_through_several_failures(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import BinaryIO
 
 from shared.annex.keys import Key
 from shared.cluster.badcopies import BadCopies
@@ -380,8 +381,31 @@ class Cluster:
                 progress(n)
 
         with open(path, "rb") as src:
-            results = self._fan_out(src, nodes, wrote, counted, key, size)
+            if len(nodes) == 1:
+                results = self._store_one(src, nodes[0], wrote, counted, key, size)
+            else:
+                results = self._fan_out(src, nodes, wrote, counted, key, size)
         return self._judge(key, nodes, wrote, results, outcome, sent)
+
+    def _store_one(
+        self,
+        src: BinaryIO,
+        node: Node,
+        wrote: dict[str, bool],
+        counted: Callable[[int], None],
+        key: Key,
+        size: int,
+    ) -> dict[str, BaseException | None]:
+        """A wave of one node (copies=1, or the spill-over after a failure) reads the
+        file itself: no thread, no queue, and a source that can seek, so a store that
+        fails part-way for a passing reason (a dropped connection, a server's 500) is
+        tried again from the start of the file (``RetryingNode``)."""
+        try:
+            _drop_if_noted(node, key, self.bad.of(key))
+            wrote[node.name] = node.store(key, _Counted(src, counted), size)
+        except Exception as e:
+            return {node.name: e}
+        return {node.name: None}
 
     def _fan_out(
         self,
@@ -702,6 +726,33 @@ class Cluster:
         self.bad.forget(key, [n.name for n in self.nodes if n.name not in failed])
         if failed:
             raise RemoveFailed(key, failed)
+
+
+class _Counted:
+    """A file being stored, reporting the bytes read as progress, and taking them
+    back when the store seeks back to read it again."""
+
+    def __init__(self, f: BinaryIO, counted: Callable[[int], None]) -> None:
+        self._f, self._counted = f, counted
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._f.read(n)
+        if data:
+            self._counted(len(data))
+        return data
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int:
+        before = self._f.tell()
+        after = self._f.seek(offset, whence)
+        if after != before:
+            self._counted(after - before)
+        return after
 
 
 def _drop_if_noted(node: Node, key: Key, noted: set[str]) -> None:

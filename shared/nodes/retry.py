@@ -7,8 +7,11 @@ each paying the backoff, so a copy of a thousand keys waits once, not a
 thousand times. A store is retried only while nothing of its source has been
 read (its source is usually a stream read once): a store that read no byte is safe
 to repeat. One that failed later is not; the cluster stores on the next node
-instead. A source that can seek (a file) is the exception: it is read again from
-its start, since a failed store leaves nothing behind on any node.
+instead. A source that can seek is the exception: it is read again from where it
+stood, since a failed store commits nothing (a node may keep what it received
+for a resume, which the next attempt checks or skips as any store does). The
+cluster hands such a source, the file itself, to a wave of one node (copies=1,
+or a spill-over); a wave of several reads the file once for all of them.
 """
 
 from __future__ import annotations

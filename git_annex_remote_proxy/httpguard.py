@@ -329,10 +329,17 @@ class _Request(server.HTTPRequest):
                 self.ensure_headers_sent()
             if self.chunked_write:
                 self.conn.wfile.write(b"0\r\n\r\n")
-        finally:
+        except BaseException:
+            # A head still held goes nowhere: the connection closes without an answer,
+            # which no client takes for a complete one (an empty body under
+            # "Content-Length: 0" would be).
             held = self.conn.wfile
             if isinstance(held, _HeldHead):
-                held.release()
+                held.drop()
+            raise
+        held = self.conn.wfile
+        if isinstance(held, _HeldHead):
+            held.release()
 
     def send_headers(self) -> None:
         """Before the answer, what the application left of the body is read and
@@ -380,11 +387,14 @@ class _HeldHead:
         return self.real.write(self.head + data)
 
     def release(self) -> None:
-        """Send the head, if nothing did yet (an empty body, or an error before it)."""
+        """Send the head, if nothing did yet (an empty body)."""
         if self.conn.wfile is self:
             self.conn.wfile = self.real
-            with contextlib.suppress(OSError):  # the client is gone: closed anyway
-                self.real.write(self.head)
+            self.real.write(self.head)
+
+    def drop(self) -> None:
+        if self.conn.wfile is self:
+            self.conn.wfile = self.real
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)

@@ -362,6 +362,11 @@ class HttpGateway:
         except Exception as e:  # a fault of ours: one line, and the server goes on
             status, headers, body = 500, [], _one(b"internal error\n")
             self.log(f"{method} {shown}: internal error: {_line(e)}")
+        if method == "HEAD":  # the head alone: a body would be read as the next answer
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            body = ()
         start_response(_STATUS.get(status, f"{status} Error"), headers)
         rec.status = status
 
@@ -573,6 +578,8 @@ class HttpGateway:
 
     def _op_key(self, req: _Request) -> _Response:
         key, offset = req.key, req.params.offset or 0
+        if key.content_size is not None and offset > key.content_size:
+            raise HttpError(400, f"offset {offset} is past the end of {key}")
         backend = req.pool.acquire(req.params.bypass)
         try:
             found = backend.retrieve(key, offset)

@@ -219,6 +219,19 @@ def test_downloads_say_their_length_and_keep_the_connection(server: Server) -> N
                 assert resp.headers["Transfer-Encoding"] is None
                 assert resp.read() == data[offset:], (len(data), offset)
                 assert not resp.will_close
+            # HEAD: the head alone, or the body would be read as the next answer.
+            conn.request(
+                "HEAD", op_path(server, "archive", f"key/{key}", keyq(key)), headers=creds()
+            )
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == b""
+            assert resp.headers["Content-Length"] == str(len(data))
+        # An offset past the end: refused, and no copy is taken for a bad one.
+        key = key_of(blobs[1])
+        query = keyq(key) + f"&offset={len(blobs[1]) + 1}"
+        conn.request("GET", op_path(server, "archive", f"key/{key}", query), headers=creds())
+        resp = conn.getresponse()
+        assert resp.status == 400 and b"past the end" in resp.read()
     finally:
         conn.close()
 

@@ -428,6 +428,25 @@ def test_a_stream_that_fell_over_blames_only_the_copy_that_is_bad(
     assert backend.remove(key) == (True, ())  # asked again: everywhere
 
 
+def test_a_read_from_past_the_end_notes_no_copy_bad(make_cluster: MakeCluster) -> None:
+    """A receiver that says it holds more bytes than the key has (a client's corrupt
+    partial file, a bogus offset) is refused: reading the nodes would find every good
+    copy of a key without a hash "too short" and note it bad, and a gateway's next
+    REMOVE deletes noted copies first."""
+    cluster, nodes = make_cluster(2, copies=2, mincopies=1)
+    data = content(5000)
+    key = Key.parse(f"WORM-s{len(data)}-m1700000000--notes.txt")
+    put(nodes["n0"], key, data)
+    put(nodes["n1"], key, data)
+    for offset in (len(data) + 1, 10 * len(data)):
+        with pytest.raises(RetrieveFailed, match="past its end"):
+            cluster.retrieve_stream(key, Sink(), offset)
+    assert cluster.bad.of(key) == set()
+    sink = Sink()
+    cluster.retrieve_stream(key, sink, len(data))  # at the end: nothing to send, no error
+    assert cluster.bad.of(key) == set()
+
+
 @pytest.mark.parametrize("size", [10_000, 3 * BLOCK])  # read whole, and streamed
 def test_what_the_gateway_answers_for_a_get_no_node_gives(
     make_cluster: MakeCluster, tmp_path: Path, size: int

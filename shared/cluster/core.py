@@ -560,6 +560,12 @@ class Cluster:
         raises IntegrityError, and the caller must make the receiver discard what
         it got; the copy is noted as bad, so that the next read of the key (the
         client asks again) tries that node last."""
+        size = key.content_size
+        if size is not None and offset > size:
+            # The receiver holds more than the key has: its bytes are wrong, whatever
+            # the nodes hold. Reading them would find every copy "too short" and note
+            # good copies bad (which a later REMOVE deletes first).
+            raise RetrieveFailed(f"{key}: asked for bytes from {offset}, past its end ({size})")
         errors: dict[str, str] = {}
         absent: list[str] = []
         counting = CountingSink(sink)

@@ -259,6 +259,8 @@ class _Deadlines:
         self._thread.join(timeout=5)
 
 
+_DIRECT_WRITE = 64 * 1024  # body pieces this big bypass cheroot's writer (_Request.write)
+
 _PLAIN_TO_TLS = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
     b"Content-Length: 47\r\n\r\nThis server speaks HTTPS only: use https:// .\n"
@@ -340,6 +342,21 @@ class _Request(server.HTTPRequest):
         held = self.conn.wfile
         if isinstance(held, _HeldHead):
             held.release()
+
+    def write(self, chunk: bytes) -> None:
+        """cheroot's, but a big piece of a body goes to the socket as it is: cheroot's
+        writer copies what it is given into its buffer, and what is left of that again
+        after every partial send (several copies of each MiB of a download)."""
+        if self.chunked_write or len(chunk) < _DIRECT_WRITE:
+            super().write(chunk)
+            return
+        held = self.conn.wfile
+        if isinstance(held, _HeldHead):
+            held.release()
+        sock = self.conn.socket
+        view = memoryview(chunk)
+        while view:  # each send within the socket's timeout, as cheroot's are
+            view = view[sock.send(view) :]
 
     def send_headers(self) -> None:
         """Before the answer, what the application left of the body is read and

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -357,6 +358,17 @@ def run_watched(
     return rc, captured.out, captured.err
 
 
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C as in a terminal: KeyboardInterrupt. A shell without job control starts
+    background commands (pytest among them) with SIGINT ignored, and then a simulated
+    Ctrl-C does nothing at all."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_interrupted_rebalance_resumes_and_never_drops_below_copies(
     in_repo: Repo,
     dirs: dict[str, Path],

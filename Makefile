@@ -11,7 +11,7 @@ TEST_JOBS ?= 2
 # Tests and the demo find git-annex (PyPI) and git-annex-remote-cluster here.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help demo test test-full lint venv sysdeps sysdeps-test clean bench bench-proxy bench-s3 bench-scale bench-http
+.PHONY: help demo test test-full lint venv sysdeps sysdeps-test sysdeps-bench clean bench bench-proxy bench-s3 bench-scale bench-http
 
 help:
 	@echo "make demo       set up and run a cluster demo on three local directories"
@@ -37,6 +37,10 @@ sysdeps:
 sysdeps-test:
 	@scripts/sysdeps.sh git gnupg openssh-server git-annex nginx nftables
 
+# GNU time measures the benchmarks' peak RSS (bench/harness.py, Harness.measured).
+sysdeps-bench:
+	@scripts/sysdeps.sh git gnupg openssh-server git-annex nginx nftables time
+
 demo: sysdeps venv
 	@scripts/demo.sh
 
@@ -52,19 +56,19 @@ test: sysdeps-test venv lint
 test-full: sysdeps-test venv lint
 	$(PY) -m pytest -n $(TEST_JOBS)
 
-bench: sysdeps-test venv
+bench: sysdeps-bench venv
 	$(PY) bench/cluster_vs_native.py $(BENCH_ARGS)
 
-bench-proxy: sysdeps-test venv
+bench-proxy: sysdeps-bench venv
 	$(PY) bench/proxy_overhead.py $(BENCH_ARGS)
 
-bench-s3: sysdeps-test venv
+bench-s3: sysdeps-bench venv
 	$(PY) bench/s3_vs_native.py $(BENCH_ARGS)
 
-bench-scale: sysdeps-test venv
+bench-scale: sysdeps-bench venv
 	$(PY) bench/scale.py $(BENCH_ARGS)
 
-bench-http: sysdeps-test venv
+bench-http: sysdeps-bench venv
 	$(PY) bench/http_vs_native.py $(BENCH_ARGS)
 
 clean:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, Popen, TimeoutExpired
 from typing import Any
@@ -94,6 +94,28 @@ def contenders_of(known: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+# GNU time (Debian's "time"): without it, peak RSS figures include the harness's.
+TIME = shutil.which("time", path="/usr/bin:/bin")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The parts of a command tree's rusage the benchmarks report; ``ru_maxrss`` (KiB)
+    is GNU time's figure for the command when it ran under time (see Harness.measured)."""
+
+    ru_utime: float
+    ru_stime: float
+    ru_maxrss: int
+
+    @classmethod
+    def of(cls, ru: Any, rss_file: Path) -> Usage:
+        try:
+            maxrss = int(rss_file.read_text().split()[-1])
+        except (OSError, ValueError, IndexError):
+            maxrss = ru.ru_maxrss
+        return cls(ru.ru_utime, ru.ru_stime, maxrss)
+
+
 class Harness:
     """The scratch world: tools, HOME, sshd hosts, and every process we started.
 
@@ -161,6 +183,17 @@ class Harness:
     def git(self, cwd: Path | None, *args: str | Path) -> str:
         return self.run("git", *args, cwd=cwd)
 
+    def measured(self, cmd: list[str], label: str) -> tuple[list[str], Path]:
+        """``cmd`` started by GNU time, which writes the peak RSS of its tree to the
+        returned file. Needed because wait4's ru_maxrss of a child we fork counts the
+        pages the child shared with this harness before its exec: every figure would
+        be at least this process's own RSS (it read 133 MiB for a 27 MiB command)."""
+        out = self.logs / f"{label}.rss"
+        out.unlink(missing_ok=True)
+        if TIME is None:
+            return cmd, out
+        return [TIME, "-q", "-f", "%M", "-o", str(out), *cmd], out
+
     def timed(
         self,
         cmd: list[str],
@@ -176,8 +209,9 @@ class Harness:
         os.sync()
         b0, s0 = machine_cpu()
         t0 = time.monotonic()
+        argv, rss_file = self.measured(cmd, label)
         with open(self.logs / f"{label}.log", "w") as log:
-            p = self.spawn(cmd, cwd, log, log)
+            p = self.spawn(argv, cwd, log, log)
             if on_start is not None:
                 on_start(p.pid)
             watchdog = None
@@ -202,7 +236,7 @@ class Harness:
                 else ""
             )
             raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}{hung}:\n{tail}")
-        return wall, b1 - b0, s1 - s0, ru
+        return wall, b1 - b0, s1 - s0, Usage.of(ru, rss_file)
 
     def close_masters(self) -> None:
         """End the ssh ControlMasters git-annex leaves behind (ControlPersist), so that

@@ -36,6 +36,7 @@ from harness import (
     MIB,
     REPO,
     Harness,
+    Usage,
     contenders_of,
     fresh_scratch,
     load_average,
@@ -397,12 +398,14 @@ class Bench(Harness):
         """Run the commands at once; wall s until the last ended, (CPU s, max RSS kB) summed
         over their trees. Any failure ends the run."""
         t0 = time.monotonic()
-        procs = []
+        procs, rss_files = [], []
         for i, (cmd, cwd) in enumerate(cmds):
+            argv, rss_file = self.measured(cmd, f"{label}-{i:02d}")
+            rss_files.append(rss_file)
             with open(self.logs / f"{label}-{i:02d}.log", "w") as log:
                 procs.append(
                     Popen(
-                        cmd,
+                        argv,
                         cwd=cwd,
                         env=self.env,
                         stdin=DEVNULL,
@@ -419,8 +422,9 @@ class Bench(Harness):
             for i, p in enumerate(procs):
                 _, status, ru = os.wait4(p.pid, 0)
                 p.returncode = os.waitstatus_to_exitcode(status)
-                cpu += ru.ru_utime + ru.ru_stime
-                rss = max(rss, ru.ru_maxrss)
+                usage = Usage.of(ru, rss_files[i])
+                cpu += usage.ru_utime + usage.ru_stime
+                rss = max(rss, usage.ru_maxrss)
                 if p.returncode != 0:
                     failed.append(i)
         finally:

@@ -16,6 +16,8 @@ for pkg in "$@"; do
     # the tests run their own nginx (-c, on loopback ports) and only check rules (nft -c).
     nginx) have() { test -x /usr/sbin/nginx; } ;;
     nftables) have() { test -x /usr/sbin/nft; } ;;
+    # GNU time: the benchmarks' peak RSS of a command (bench/harness.py).
+    time) have() { test -x /usr/bin/time; } ;;
     *) echo "sysdeps.sh: unknown package $pkg" >&2; exit 2 ;;
   esac
   have || missing="$missing $pkg"

@@ -444,6 +444,36 @@ def test_rebalance_over_every_kind_of_node(
     prepo.annex("get", ".")
 
 
+def test_commands_read_the_branch_from_a_subdirectory(prepo: Repo, dirs: dict[str, Path]) -> None:
+    """Where users are: in a subdirectory of the work tree. ``git ls-tree`` there lists
+    only that directory's part of a tree, so the location logs went unread: the
+    encrypted node, whose copies are matched against the branch's keys, looked empty
+    to the plan (a move onto it would have taken a copy away), and fsck missed lost
+    keys."""
+    n1, n2, e = dirs["n1"].as_uri(), dirs["n2"].as_uri(), dirs["n3"].as_uri()
+    nodes = f"n1={n1} n2={n2} e={e}?encryption=shared"
+    init_cluster(prepo, nodes, "encryption=none", "copies=2")
+    keys = populate(prepo, 12)
+    sub = prepo.path / "sub" / "deeper"
+    sub.mkdir(parents=True)
+
+    def here(*args: str) -> dict:  # type: ignore[type-arg]
+        proc = subprocess.run(
+            [str(CLUSTER), *args, "--json"], cwd=sub, env=prepo.client.env,
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+    held = {n: t["held"] for n, t in here("rebalance", "cl")["plan"]["nodes"].items()}
+    top = cli_json(prepo, "rebalance", "cl")["plan"]["nodes"]
+    assert held == {n: t["held"] for n, t in top.items()}
+    assert held["e"] > 0 and sum(held.values()) == 2 * len(keys)
+    for d in (dirs["n1"], dirs["n2"], dirs["n3"]):  # every copy gone
+        shutil.rmtree(d)
+        d.mkdir()
+    assert len(here("fsck", "cl")["lost"]) == len(keys)
+
+
 # -- a gateway's target ------------------------------------------------------------------
 
 

@@ -8,8 +8,9 @@ hold with where git-annex believes the content is.
 Location logs are ``<hashdirlower>/<key file name>.log`` on the branch, lines
 ``<timestamp>s <1|0> <uuid>``, the newest line per UUID winning; changes not
 yet committed sit in ``.git/annex/journal`` (the path with ``_`` doubled and
-``/`` as ``_``), which wins. Read with one ``git ls-tree`` and one ``git cat-file
---batch``, streamed.
+``/`` as ``_``), which wins. Read with ``git ls-tree`` (a few hundred top-level
+directories at a time) and one ``git cat-file --batch``, streamed, in bounded
+memory at any number of keys.
 """
 
 from __future__ import annotations
@@ -93,10 +94,24 @@ def _journal(cwd: Path) -> dict[str, Path]:
     return out
 
 
-def _branch_logs(cwd: Path) -> Generator[tuple[str, str], None, None]:
-    """(path, blob id) of every location log on the branch, streamed."""
+# git maps pack files in windows of up to 1 GiB and keeps 96 MiB of delta bases: on
+# a million-key branch a reader's resident memory grew to the size of the pack (260
+# MiB for cat-file). Smaller windows and a limit keep it bounded, at no measurable
+# cost for streamed reads.
+BOUNDED_GIT = (
+    "-c", "core.packedGitWindowSize=8m",
+    "-c", "core.packedGitLimit=64m",
+    "-c", "core.deltaBaseCacheLimit=16m",
+)  # fmt: skip
+TOP_DIRS_PER_LS_TREE = 256  # one ls-tree -r per this many top-level directories
+
+
+def _ls_tree(cwd: Path, *args: str) -> Generator[bytes, None, None]:
+    """The entries ``git ls-tree -z`` prints, streamed; the process ends with the
+    generator."""
     proc = subprocess.Popen(
-        ["git", "ls-tree", "-r", "-z", BRANCH],
+        # --full-tree: in a subdirectory, ls-tree lists only that part of a tree.
+        ["git", *BOUNDED_GIT, "ls-tree", "--full-tree", "-z", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -108,14 +123,33 @@ def _branch_logs(cwd: Path) -> Generator[tuple[str, str], None, None]:
         while block := proc.stdout.read(1 << 16):
             buf += block
             *entries, buf = buf.split(b"\0")
-            for entry in entries:
-                meta, _, path = entry.partition(b"\t")
-                text = os.fsdecode(path)
-                if text.endswith(".log") and text.count("/") == 2:
-                    yield text, meta.split()[2].decode()
+            yield from entries
     finally:
         proc.stdout.close()
         proc.wait()
+
+
+def _branch_logs(cwd: Path) -> Generator[tuple[str, str], None, None]:
+    """(path, blob id) of every location log on the branch, streamed.
+
+    ``git ls-tree -r`` keeps every tree it has read in memory: 406 MiB for a
+    million-key branch (a million small trees under ``aaa/bbb/``). So the top-level
+    directories are listed first, then recursed into a few hundred at a time, each
+    batch by its own ``ls-tree -r`` whose memory goes with it; the order is the
+    branch's, as one ``ls-tree -r`` gives it."""
+    tops: list[str] = []
+    for entry in _ls_tree(cwd, BRANCH):
+        meta, _, path = entry.partition(b"\t")
+        name = os.fsdecode(path)
+        if meta.split()[1:2] == [b"tree"] and len(name) == 3:
+            tops.append(name)
+    for at in range(0, len(tops), TOP_DIRS_PER_LS_TREE):
+        batch = tops[at : at + TOP_DIRS_PER_LS_TREE]
+        for entry in _ls_tree(cwd, "-r", BRANCH, "--", *batch):
+            meta, _, path = entry.partition(b"\t")
+            text = os.fsdecode(path)
+            if text.endswith(".log") and text.count("/") == 2:
+                yield text, meta.split()[2].decode()
 
 
 def known_keys(cwd: Path | None = None) -> Iterator[Key]:
@@ -145,7 +179,7 @@ def keys_in(uuid: str, cwd: Path | None = None) -> Iterator[Key]:
     where = cwd or Path.cwd()
     journal = _journal(where)
     proc = subprocess.Popen(
-        ["git", "cat-file", "--batch"],
+        ["git", *BOUNDED_GIT, "cat-file", "--batch"],
         cwd=where,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

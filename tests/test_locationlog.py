@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import Client, make_repo
+from conftest import Client, Repo, make_repo
 
 from shared.annex import locationlog
 from shared.annex.keys import Key
+from shared.errors import ClusterError
+
+
+def repo_of(tmp_path: Path, client: Client, count: int) -> Repo:
+    """A repository with ``count`` annexed files ``f0``.. committed."""
+    repo = make_repo(tmp_path / "r", client)
+    for i in range(count):
+        repo.write(f"f{i}", b"%d" % i)
+    repo.annex("add", ".")
+    repo.run("git", "commit", "-qm", "x")
+    return repo
 
 
 def test_present_uuids_takes_the_newest_line_per_uuid() -> None:
@@ -44,11 +56,7 @@ def test_keys_in_reads_ahead_and_stops_when_the_reader_does(
     """cat-file is fed ahead of the answers read (no round trip per key): with room
     for two logs in flight, every key still comes, in branch order, and a reader that
     stops early ends the feeding thread and the git processes (no hang)."""
-    repo = make_repo(tmp_path / "r", pypi_client)
-    for i in range(7):
-        repo.write(f"f{i}", b"%d" % i)
-    repo.annex("add", ".")
-    repo.run("git", "commit", "-qm", "x")
+    repo = repo_of(tmp_path, pypi_client, 7)
     here = repo.run("git", "config", "annex.uuid").stdout.strip()
     monkeypatch.setattr(locationlog, "ASK_AHEAD", 2)
     keys = [str(k) for k in locationlog.keys_in(here, repo.path)]
@@ -58,3 +66,45 @@ def test_keys_in_reads_ahead_and_stops_when_the_reader_does(
     next(reading)
     reading.close()
     assert not [t for t in threading.enumerate() if t.name == "location-logs"]
+
+
+def test_branch_read_in_batches_whatever_the_users_pathspec_settings(
+    tmp_path: Path, pypi_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The branch's top-level directories are recursed into a batch at a time (named
+    to ``git ls-tree``): every key still comes, in branch order, one directory per
+    batch; and a user's ``GIT_GLOB_PATHSPECS`` or ``GIT_ICASE_PATHSPECS``, which
+    ls-tree refuses with names given, does not silently empty the listing (a node
+    matched against these keys would look empty)."""
+    repo = repo_of(tmp_path, pypi_client, 9)
+    every = sorted(repo.lookupkey(f"f{i}") for i in range(9))
+    whole = [str(k) for k in locationlog.known_keys(repo.path)]
+    assert sorted(whole) == every
+    monkeypatch.setattr(locationlog, "TOP_DIRS_PER_LS_TREE", 1)
+    assert [str(k) for k in locationlog.known_keys(repo.path)] == whole
+    for setting in ("GIT_GLOB_PATHSPECS", "GIT_ICASE_PATHSPECS"):
+        with monkeypatch.context() as m:
+            m.setenv(setting, "1")
+            assert [str(k) for k in locationlog.known_keys(repo.path)] == whole
+
+
+def test_no_branch_yet_is_no_keys(tmp_path: Path) -> None:
+    """A repository git-annex never wrote a branch in has no location logs."""
+    subprocess.run(["git", "init", "-q", str(tmp_path / "r")], check=True)
+    assert list(locationlog.known_keys(tmp_path / "r")) == []
+
+
+def test_a_branch_that_cannot_be_read_whole_is_an_error(
+    tmp_path: Path, pypi_client: Client
+) -> None:
+    """A part of the branch git cannot read (here a tree object gone) fails the
+    listing, naming git's complaint: read as fewer location logs, it would make a
+    node's copies look like nobody's."""
+    repo = repo_of(tmp_path, pypi_client, 4)
+    top = repo.run("git", "ls-tree", "git-annex").stdout.splitlines()
+    tree = next(line.split()[2] for line in top if line.split()[1] == "tree")
+    loose = repo.path / ".git" / "objects" / tree[:2] / tree[2:]
+    assert loose.exists()  # git-annex wrote it loose, not packed
+    loose.unlink()
+    with pytest.raises(ClusterError, match="reading the git-annex branch failed: git ls-tree"):
+        list(locationlog.known_keys(repo.path))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from shared.annex.keys import Key
-from shared.errors import ConfigError, InvalidKey
+from shared.errors import ClusterError, ConfigError, InvalidKey
 
 BRANCH = "git-annex"
 
@@ -106,46 +106,75 @@ BOUNDED_GIT = (
 TOP_DIRS_PER_LS_TREE = 256  # one ls-tree -r per this many top-level directories
 
 
+def _literal_pathspecs() -> dict[str, str]:
+    """The environment for an ``ls-tree`` given directory names: each name taken as
+    itself. A user's ``GIT_GLOB_PATHSPECS`` or ``GIT_ICASE_PATHSPECS`` would make
+    ls-tree refuse, and a name could read as pathspec magic (``:(...)``)."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_PATHSPECS")}
+    env["GIT_LITERAL_PATHSPECS"] = "1"
+    return env
+
+
 def _ls_tree(cwd: Path, *args: str) -> Generator[bytes, None, None]:
     """The entries ``git ls-tree -z`` prints, streamed; the process ends with the
-    generator."""
+    generator. A listing read to its end that git says failed is an error: a
+    missing part would read as keys nobody holds."""
     proc = subprocess.Popen(
         # --full-tree: in a subdirectory, ls-tree lists only that part of a tree.
         ["git", *BOUNDED_GIT, "ls-tree", "--full-tree", "-z", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        env=_literal_pathspecs(),
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     buf = b""
+    finished = False
     try:
         while block := proc.stdout.read(1 << 16):
             buf += block
             *entries, buf = buf.split(b"\0")
             yield from entries
+        finished = True
     finally:
         proc.stdout.close()
-        proc.wait()
+        why = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        if proc.wait() != 0 and finished:
+            detail = why.splitlines()[-1] if why else f"exit status {proc.returncode}"
+            raise ClusterError(f"reading the git-annex branch failed: git ls-tree: {detail}")
 
 
 def _branch_logs(cwd: Path) -> Generator[tuple[str, str], None, None]:
-    """(path, blob id) of every location log on the branch, streamed.
+    """(path, blob id) of every location log on the branch, streamed; nothing when
+    there is no branch yet.
 
     ``git ls-tree -r`` keeps every tree it has read in memory: 406 MiB for a
     million-key branch (a million small trees under ``aaa/bbb/``). So the top-level
     directories are listed first, then recursed into a few hundred at a time, each
     batch by its own ``ls-tree -r`` whose memory goes with it; the order is the
-    branch's, as one ``ls-tree -r`` gives it."""
+    branch's, as one ``ls-tree -r`` gives it. Every batch reads the same tree, the
+    branch's when the listing began: git-annex may commit to it meanwhile."""
+    resolved = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{BRANCH}^{{tree}}"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    tree = resolved.stdout.strip()
+    if resolved.returncode != 0 or not tree:
+        return  # no git-annex branch: no location logs
     tops: list[str] = []
-    for entry in _ls_tree(cwd, BRANCH):
+    for entry in _ls_tree(cwd, tree):
         meta, _, path = entry.partition(b"\t")
         name = os.fsdecode(path)
         if meta.split()[1:2] == [b"tree"] and len(name) == 3:
             tops.append(name)
     for at in range(0, len(tops), TOP_DIRS_PER_LS_TREE):
         batch = tops[at : at + TOP_DIRS_PER_LS_TREE]
-        for entry in _ls_tree(cwd, "-r", BRANCH, "--", *batch):
+        for entry in _ls_tree(cwd, "-r", tree, "--", *batch):
             meta, _, path = entry.partition(b"\t")
             text = os.fsdecode(path)
             if text.endswith(".log") and text.count("/") == 2:

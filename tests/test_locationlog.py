@@ -108,3 +108,26 @@ def test_a_branch_that_cannot_be_read_whole_is_an_error(
     loose.unlink()
     with pytest.raises(ClusterError, match="reading the git-annex branch failed: git ls-tree"):
         list(locationlog.known_keys(repo.path))
+
+
+def test_a_journal_file_committed_while_reading_is_read_from_the_branch(
+    tmp_path: Path, pypi_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """git-annex commits its journal to the branch, then removes the files: one that
+    goes between our listing of the journal and our reading it is read from the
+    branch (it used to fail the command with FileNotFoundError)."""
+    repo = repo_of(tmp_path, pypi_client, 2)
+    key = repo.lookupkey("f0")
+    other = "11111111-2222-3333-4444-555555555555"
+    repo.run("git", "-c", "annex.alwayscommit=false", "annex", "setpresentkey", key, other, "1")
+    listed = locationlog._journal
+
+    def then_committed(cwd: Path) -> dict[str, Path]:
+        journal = listed(cwd)
+        assert journal  # the setpresentkey above, not committed yet
+        repo.annex("merge")  # commits the journal to the branch, removes its files
+        assert not any(f.exists() for f in journal.values())
+        return journal
+
+    monkeypatch.setattr(locationlog, "_journal", then_committed)
+    assert [str(k) for k in locationlog.keys_in(other, repo.path)] == [key]

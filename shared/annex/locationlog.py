@@ -233,12 +233,11 @@ def keys_in(uuid: str, cwd: Path | None = None) -> Iterator[Key]:
                 size = int(header[2])
                 data = proc.stdout.read(size + 1)[:size]
             in_journal = journal.pop(path, None)
-            if in_journal is not None:
-                text = in_journal.read_text(errors="replace")
-            elif data is not None:
+            text = _journal_text(in_journal, path, where) if in_journal else None
+            if text is None:
+                if data is None:
+                    continue
                 text = data.decode(errors="replace")
-            else:
-                continue
             if uuid in text and uuid in present_uuids(text) and (key := _key_of(path)):
                 yield key
     finally:
@@ -250,8 +249,21 @@ def keys_in(uuid: str, cwd: Path | None = None) -> Iterator[Key]:
         raise failed[0]
     for path, file in journal.items():
         key = _key_of(path)
-        if key is not None and uuid in present_uuids(file.read_text(errors="replace")):
+        if key is None:
+            continue
+        text = _journal_text(file, path, where)
+        if text is not None and uuid in present_uuids(text):
             yield key
+
+
+def _journal_text(file: Path, path: str, where: Path) -> str | None:
+    """A journal file's log. git-annex commits the journal to the branch, then
+    removes its files: one gone since the journal was listed is read from the
+    branch as it is now (None: not there either)."""
+    try:
+        return file.read_text(errors="replace")
+    except FileNotFoundError:
+        return _on_branch(git_dir(where), path)
 
 
 def _ask_logs(

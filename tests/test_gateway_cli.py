@@ -254,3 +254,39 @@ def test_start_up_leaves_the_operators_modules_and_the_version_for_later(
     assert out.stdout.splitlines() == ["[]"], out.stderr
     assert run(tmp_path, "--version").stdout.startswith("git-annex-remote-proxy ")
     assert "rebalance" in run(tmp_path, "gateway", "--help").stdout
+
+
+def test_a_session_over_nodes_without_ssh_does_not_import_paramiko(tmp_path: Path) -> None:
+    """Every ssh session to the gateway starts ``serve``, and a stock client waits for
+    it: importing paramiko took about a tenth of a second of each start,
+    for targets whose nodes are local directories or repositories and need no ssh.
+    The real ``serve`` answers a CHECKPRESENT here, and says at exit what it loaded."""
+    disk, repo = tmp_path / "disk", tmp_path / "repo"
+    disk.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "annex", "init", "-q"], cwd=repo, check=True)
+    config = str(tmp_path / "gw.toml")
+    run(tmp_path, "gateway", "--config", config, "add", "t", f"d={disk.as_uri()}",
+        f"r=annex://{repo}")  # fmt: skip
+    key = make_key(b"x" * 10)
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('paramiko' in sys.modules, file=sys.stderr))\n"
+        "from git_annex_remote_proxy.__main__ import main\n"
+        f"sys.argv = ['git-annex-remote-proxy', 'serve', '--config', {config!r}, 't']\n"
+        "sys.exit(main())\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", script],
+        input=f"VERSION 1\nCHECKPRESENT {key}\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("AUTH-SUCCESS ") and lines[1:] == ["VERSION 1", "FAILURE"], (
+        out.stdout + out.stderr
+    )
+    assert out.stderr.splitlines()[-1] == "False", out.stderr

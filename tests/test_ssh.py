@@ -19,7 +19,8 @@ import pytest
 from sshd import SSHD, SSHDFactory, ssh_config_for
 
 from shared.errors import PermissionDenied, Unavailable, is_transient
-from shared.transport.ssh import HostKeyError, SSHPool, SSHTarget, is_connection_error, send_all
+from shared.transport.ssh import HostKeyError, SSHPool, is_connection_error, send_all
+from shared.transport.target import SSHTarget
 
 pytestmark = pytest.mark.timeout(30)
 

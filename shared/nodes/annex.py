@@ -24,10 +24,8 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlsplit
-
-import paramiko
 
 from shared.annex.keys import Key
 from shared.errors import (
@@ -45,7 +43,12 @@ from shared.nodes.url import NodeSpec
 from shared.p2p.engine import ProtocolError
 from shared.p2p.io import APPENDONLY_ERROR, READONLY_ERROR, Client, ConnectionLost, PeerRefused
 from shared.streams import Readable, Writable
-from shared.transport.ssh import SSHPool, SSHTarget, default_pool, send_all
+from shared.transport.target import SSHTarget
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from shared.transport.ssh import SSHPool
 
 # Who we are to the node's git-annex-shell (it records transfers under this UUID)
 # when the caller does not say; the cluster remote passes its own UUID.
@@ -154,6 +157,11 @@ class _ChannelStream:
     """An exec channel as a Stream; its stderr is kept (the tail) for error messages."""
 
     def __init__(self, chan: paramiko.Channel) -> None:
+        # Imported here, as ``pool`` does: nodes and gateways that use no ssh need not pay
+        # for importing paramiko (a tenth of a second at every start).
+        from shared.transport.ssh import send_all
+
+        self._send_all = send_all
         self.chan = chan
         self._err = bytearray()
 
@@ -171,7 +179,7 @@ class _ChannelStream:
         return data
 
     def sendall(self, data: bytes, /) -> None:
-        send_all(self.chan, data)
+        self._send_all(self.chan, data)
         self._drain_stderr()
 
     def stderr_text(self) -> str:
@@ -310,6 +318,8 @@ class AnnexNode(Node):
     @property
     def pool(self) -> SSHPool:
         if self._pool is None:
+            from shared.transport.ssh import default_pool  # (see _ChannelStream)
+
             self._pool = default_pool()
         return self._pool
 

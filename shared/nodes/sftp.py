@@ -52,11 +52,11 @@ from shared.transport.ssh import (
     SFTPSession,
     SSHConnection,
     SSHPool,
-    SSHTarget,
     default_pool,
     is_connection_error,
     send_all,
 )
+from shared.transport.target import SSHTarget
 
 # SFTP request sizes: a request (or its reply) plus its header must fit in one SSH
 # channel packet (32 KiB minus 64 bytes of framing on OpenSSH), or each one costs two.

@@ -40,6 +40,7 @@ import paramiko
 import tenacity
 
 from shared.errors import ClusterError, ConfigError, PermissionDenied, Unavailable
+from shared.transport.target import SSHTarget
 
 # paramiko logs every failed connect as an ERROR traceback; with no handler configured
 # Python would print that on git-annex's stderr. We report errors ourselves instead.
@@ -53,21 +54,6 @@ _CONN_ERRNOS = {
     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.ENOTCONN,
     errno.ESHUTDOWN,
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SSHTarget:
-    """A host as written in a node URL: an ~/.ssh/config alias or a name/IP."""
-
-    host: str
-    port: int | None = None
-    user: str | None = None
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host and self.port else self.host
-        return (
-            (f"{self.user}@" if self.user else "") + host + (f":{self.port}" if self.port else "")
-        )
 
 
 class HostKeyError(PermissionDenied):

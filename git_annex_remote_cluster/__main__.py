@@ -17,8 +17,9 @@ from shared.errors import ClusterError
 def _protocol() -> int:
     from git_annex_remote_cluster.remote import ClusterRemote
     from shared.annex import protocol as annexproto
+    from shared.quickexit import exit_quickly
 
-    return annexproto.run(ClusterRemote)
+    exit_quickly(annexproto.run(ClusterRemote))  # git-annex waits for our exit
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 def _protocol() -> int:
     from git_annex_remote_proxy.remote import ProxyRemote
     from shared.annex import protocol as annexproto
+    from shared.quickexit import exit_quickly
 
-    return annexproto.run(ProxyRemote)
+    exit_quickly(annexproto.run(ProxyRemote))  # git-annex waits for our exit
 
 
 PROG = "git-annex-remote-proxy"
@@ -474,8 +475,10 @@ def main(argv: list[str] | None = None) -> int:
 
             asked = request.of(args.request, os.environ)  # refusals end here, quickly
             from git_annex_remote_proxy.access import serve
+            from shared.quickexit import exit_quickly
 
-            return serve(asked, args.config, args.readonly, args.appendonly, args.allow)
+            # The client's ssh session ends when we have exited.
+            exit_quickly(serve(asked, args.config, args.readonly, args.appendonly, args.allow))
         if args.command == "http":
             return _http(args)
         if args.command == "http-users":

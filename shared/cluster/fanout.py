@@ -16,7 +16,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from shared.streams import Readable
 
 BLOCK = 1024 * 1024
-DEPTH = 8  # blocks buffered per consumer: memory is at most consumers * DEPTH * BLOCK
+DEPTH = 4  # blocks buffered per consumer: memory is at most consumers * DEPTH * BLOCK
 
 
 class SourceFailed(Exception):

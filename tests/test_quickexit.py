@@ -55,3 +55,34 @@ def test_daemon_threads_do_not_keep_it(tmp_path: Path) -> None:
         "exit_quickly(0)\n",
     )
     assert (out.returncode, out.stdout) == (0, "bye\n")
+
+
+def test_an_executors_work_is_waited_for_even_when_its_workers_are_daemons(
+    tmp_path: Path,
+) -> None:
+    """A pool first used from a daemon thread has daemon workers (they inherit the
+    flag), and Python's exit still waits for their work: so must this."""
+    out = _run(
+        tmp_path,
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "pool = ThreadPoolExecutor(2)\n"
+        "def write():\n"
+        "    time.sleep(0.5)\n"
+        "    open('pool-done', 'w').close()\n"
+        "t = threading.Thread(target=lambda: pool.submit(write), daemon=True)\n"
+        "t.start(); t.join()\n"
+        "exit_quickly(0)\n",
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "pool-done").exists()
+
+
+def test_idle_workers_of_a_pool_never_shut_down_do_not_hold_it(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path,
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "pool = ThreadPoolExecutor(2)\n"
+        "pool.submit(print, 'ran').result()\n"
+        "exit_quickly(5)\n",
+    )
+    assert (out.returncode, out.stdout) == (5, "ran\n"), out.stderr

@@ -84,10 +84,13 @@ class ClusterBackend:
         log: Callable[[str], None],
         own_uuid: str | None = None,
         lock_dir: Path | None = None,
+        read_ahead: int = 2,
     ) -> None:
         """``lock_dir``: where the gateway's sessions share content locks (LOCKCONTENT);
-        None: no locks (LOCKCONTENT fails, as before a directory could be made)."""
+        None: no locks (LOCKCONTENT fails, as before a directory could be made).
+        ``read_ahead``: blocks a download reads ahead of its client (see ``_blocks``)."""
         self.cluster, self.log, self.own_uuid = cluster, log, own_uuid
+        self.read_ahead = read_ahead
         self._opened = cluster  # bypass may replace self.cluster with a subset of it
         self.lock_dir = lock_dir
         # Locks belong to the storage, not to the target: targets may share a node.
@@ -239,11 +242,15 @@ class ClusterBackend:
 
     def _blocks(self, key: Key, offset: int) -> Iterator[bytes]:
         """The cluster writes into a sink; the server pulls blocks: a bounded queue and a
-        thread join the two (and the thread stops if the client goes away). Two blocks
-        (the cluster's 1 MiB reads) let reading and sending overlap; more made no
-        download faster here (bench/scale.py size, 256 MiB: 78 MiB/s with 2, 64-79 with 8), and
-        each costs a MiB of peak memory per download in flight."""
-        q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
+        thread join the two (and the thread stops if the client goes away).
+
+        The queue holds ``read_ahead`` blocks (the cluster's reads, up to 1 MiB each), a
+        MiB of peak memory each per download in flight. ``serve`` writes into a pipe
+        that sshd drains into a channel window of its own, so two let reading and
+        sending overlap (bench/scale.py size, 256 MiB through our proxy remote: 78 MiB/s
+        with 2, 64-79 with 8). The HTTP server writes straight into the client's socket
+        and keeps 8, what its figures were measured with."""
+        q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=self.read_ahead)
         stop = threading.Event()
 
         class Sink:
@@ -450,11 +457,13 @@ def open_backend(
     config_path: Path,
     log: Callable[[str], None] = _log,
     wrap: Callable[[Node], Node] | None = None,
+    read_ahead: int = 2,
 ) -> ClusterBackend:
     """The backend of one session with ``target``: its nodes opened as the gateway opens
     them, bad copies and content locks shared with every other session of the gateway
     (ssh ``serve`` and ``http`` alike). ``close`` it when done. ``wrap``: a layer around
-    each node (the http server's metrics observe the nodes through one)."""
+    each node (the http server's metrics observe the nodes through one). ``read_ahead``:
+    see ``ClusterBackend._blocks``."""
     specs = target.specs()
     # Uploads are verified only at their end: never resume over chunks an earlier,
     # unverified upload left (see shared.nodes.chunked).
@@ -471,7 +480,7 @@ def open_backend(
         bad=BadCopies(bad_copies_path(config_path, target.uuid)),
         on_bad=lambda key, node, why: log(f"node {node} holds a bad copy of {key}: {why}"),
     )
-    return ClusterBackend(cluster, log, target.uuid, _lock_dir(config_path))
+    return ClusterBackend(cluster, log, target.uuid, _lock_dir(config_path), read_ahead)
 
 
 def serve_target(target: Target, client_uuid: str | None, mode: str, config_path: Path) -> int:

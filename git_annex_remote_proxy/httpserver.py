@@ -105,7 +105,7 @@ class _Pool:
             with self._lock:
                 if self._idle:
                     return self._idle.pop()
-        backend = open_backend(self.target, self.config_path, _log, self.wrap)
+        backend = open_backend(self.target, self.config_path, _log, self.wrap, read_ahead=8)
         if bypass:
             try:
                 backend.bypass(bypass)

@@ -458,12 +458,16 @@ def open_backend(
     log: Callable[[str], None] = _log,
     wrap: Callable[[Node], Node] | None = None,
     read_ahead: int = 2,
+    fanout_depth: int = 2,
 ) -> ClusterBackend:
     """The backend of one session with ``target``: its nodes opened as the gateway opens
     them, bad copies and content locks shared with every other session of the gateway
     (ssh ``serve`` and ``http`` alike). ``close`` it when done. ``wrap``: a layer around
     each node (the http server's metrics observe the nodes through one). ``read_ahead``:
-    see ``ClusterBackend._blocks``."""
+    see ``ClusterBackend._blocks``. ``fanout_depth``: the blocks an upload queues for
+    each node (``shared.cluster.fanout``). Two, for ``serve``: one process per ssh
+    session, whose peak RSS for a 4 GiB upload was 22 -> 28 MiB with 4 (bench/scale.py
+    size); the HTTP server keeps the cluster's default."""
     specs = target.specs()
     # Uploads are verified only at their end: never resume over chunks an earlier,
     # unverified upload left (see shared.nodes.chunked).
@@ -479,6 +483,7 @@ def open_backend(
         log=_debug,
         bad=BadCopies(bad_copies_path(config_path, target.uuid)),
         on_bad=lambda key, node, why: log(f"node {node} holds a bad copy of {key}: {why}"),
+        fanout_depth=fanout_depth,
     )
     return ClusterBackend(cluster, log, target.uuid, _lock_dir(config_path), read_ahead)
 

@@ -33,6 +33,7 @@ from git_annex_remote_proxy import httpguard, httpmetrics, httpusers
 from git_annex_remote_proxy.config import GatewayConfig, Target
 from git_annex_remote_proxy.gateway import ClusterBackend, open_backend
 from shared.annex.keys import Key
+from shared.cluster.fanout import DEPTH
 from shared.errors import ClusterError, wrong_content
 from shared.nodes.base import Node
 from shared.p2p import httpapi as api
@@ -105,7 +106,9 @@ class _Pool:
             with self._lock:
                 if self._idle:
                     return self._idle.pop()
-        backend = open_backend(self.target, self.config_path, _log, self.wrap, read_ahead=8)
+        backend = open_backend(
+            self.target, self.config_path, _log, self.wrap, read_ahead=8, fanout_depth=DEPTH
+        )
         if bypass:
             try:
                 backend.bypass(bypass)

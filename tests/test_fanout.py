@@ -182,18 +182,20 @@ def test_consumer_swallowing_source_failure_gets_no_more_data() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_producer_never_more_than_depth_blocks_ahead(executor: Executor | None) -> None:
-    """With a slow consumer, reads stay within DEPTH queued blocks (+1 in the producer's hand)."""
-    blocks = 3 * DEPTH
+@pytest.mark.parametrize("depth", [DEPTH, 2])
+def test_producer_never_more_than_depth_blocks_ahead(executor: Executor | None, depth: int) -> None:
+    """With a slow consumer, reads stay within ``depth`` queued blocks (+1 in the
+    producer's hand): DEPTH by default, fewer when asked (the gateway's sessions)."""
+    blocks = 3 * depth
     source = CountingSource(pattern(blocks * BLOCK))
     ahead: list[int] = []
     stalled_at: list[int] = []
 
     def slow(reader: QueueReader) -> None:
         consumed = 0
-        # Let the producer run until it must block: it can hold DEPTH queued plus one in hand.
+        # Let the producer run until it must block: it can hold depth queued plus one in hand.
         deadline = time.monotonic() + 10
-        while source.reads < DEPTH + 1 and time.monotonic() < deadline:
+        while source.reads < depth + 1 and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(0.2)
         stalled_at.append(source.reads)  # nothing consumed: the producer must be stuck here
@@ -206,10 +208,10 @@ def test_producer_never_more_than_depth_blocks_ahead(executor: Executor | None) 
             time.sleep(0.002)
 
     fast = Collector()
-    results = fan_out(source, {"slow": slow, "fast": fast}, executor=executor)
+    results = fan_out(source, {"slow": slow, "fast": fast}, executor=executor, depth=depth)
     assert results == {"slow": None, "fast": None}
-    assert stalled_at == [DEPTH + 1]
-    assert max(ahead) <= DEPTH + 1
+    assert stalled_at == [depth + 1]
+    assert max(ahead) <= depth + 1
     assert bytes(fast.buf) == pattern(blocks * BLOCK)
     # blocks reads with data, plus the final one that found EOF
     assert source.reads == blocks + 1

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from shared.annex.keys import Key
 from shared.cluster.badcopies import BadCopies
-from shared.cluster.fanout import QueueReader, fan_out
+from shared.cluster.fanout import DEPTH, QueueReader, fan_out
 from shared.cluster.placement import rendezvous_order, spread_over_zones
 from shared.cluster.verify import (
     CheckedStream,
@@ -130,6 +130,7 @@ class Cluster:
         bad: BadCopies | None = None,
         on_bad: Callable[[Key, str, str], None] | None = None,
         note_bad: bool = True,
+        fanout_depth: int = DEPTH,
     ):
         """``log`` receives one line per notable step (which node, which offset, what
         failed); the remote sends them to git-annex's --debug output. ``bad`` keeps
@@ -137,8 +138,10 @@ class Cluster:
         (key, node, why) as it is found. ``note_bad=False``: nothing is noted (the one
         node is a gateway, which notes bad copies among its own nodes: a copy of
         ours noted bad would be removed before the next store, and removing it from
-        a gateway removes every copy behind it)."""
+        a gateway removes every copy behind it). ``fanout_depth``: blocks queued for
+        each node a store writes to (``shared.cluster.fanout``)."""
         self._log = log or (lambda _msg: None)
+        self._fanout_depth = fanout_depth
         self.bad = bad if bad is not None else BadCopies()
         self.on_bad = on_bad
         self._unnoted = {
@@ -356,7 +359,9 @@ class Cluster:
 
             return store
 
-        results = fan_out(source, {n.name: consumer(n) for n in wave}, None, self._store_pool)
+        results = fan_out(
+            source, {n.name: consumer(n) for n in wave}, None, self._store_pool, self._fanout_depth
+        )
         self._judge(key, wave, wrote, results, outcome, 0)
         return self._settle(key, outcome, size, self.store_order(key), {})
 
@@ -425,7 +430,9 @@ class Cluster:
 
             return store
 
-        return fan_out(src, {n.name: consumer(n) for n in nodes}, counted, self._store_pool)
+        return fan_out(
+            src, {n.name: consumer(n) for n in nodes}, counted, self._store_pool, self._fanout_depth
+        )
 
     def _judge(
         self,

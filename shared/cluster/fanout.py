@@ -65,12 +65,14 @@ def fan_out(
     consumers: Mapping[str, Callable[[QueueReader], None]],
     on_bytes: Callable[[int], None] | None = None,
     executor: Executor | None = None,
+    depth: int = DEPTH,
 ) -> dict[str, BaseException | None]:
     """Stream ``source`` to every consumer; return each consumer's exception or None.
 
     ``executor`` must be able to run every consumer at once (a worker free for
     each), or the stream would wait on a consumer that never starts. A
-    persistent pool saves starting threads for every small object.
+    persistent pool saves starting threads for every small object. ``depth``: the
+    blocks queued for each consumer, how far one may run ahead of the slowest.
     """
     results: dict[str, BaseException | None] = {}
     queues: dict[str, queue.Queue[bytes | BaseException]] = {}
@@ -91,7 +93,7 @@ def fan_out(
     assert pool is not None
     try:
         for name, fn in consumers.items():
-            q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=DEPTH)
+            q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
             queues[name] = q
             done.append(pool.submit(run, name, fn, QueueReader(q)))
         try:

@@ -466,7 +466,7 @@ def open_backend(
     each node (the http server's metrics observe the nodes through one). ``read_ahead``:
     see ``ClusterBackend._blocks``. ``fanout_depth``: the blocks an upload queues for
     each node (``shared.cluster.fanout``). Two, for ``serve``: one process per ssh
-    session, whose peak RSS for a 4 GiB upload was 22 -> 28 MiB with 4 (bench/scale.py
+    session, whose peak RSS for a 4 GiB upload was 23 -> 28-29 MiB with 4 (bench/scale.py
     size); the HTTP server keeps the cluster's default."""
     specs = target.specs()
     # Uploads are verified only at their end: never resume over chunks an earlier,

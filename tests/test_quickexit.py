@@ -33,8 +33,8 @@ def test_atexit_functions_run_and_buffered_output_is_written(tmp_path: Path) -> 
 
 
 def test_a_thread_still_working_is_waited_for(tmp_path: Path) -> None:
-    """A non-daemon thread (a store still writing, say) is not cut off: Python exits
-    as usual, after it."""
+    """A non-daemon thread (a store still writing, say) is not cut off: the process
+    ends only after it, as Python's own exit would."""
     out = _run(
         tmp_path,
         "def work():\n"
